@@ -1,0 +1,28 @@
+# The two commands of the README. Both install what they need first and are safe to rerun.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test install jars clean
+
+dev: install jars
+	$(BIN)/enx-streams dev
+
+test: install jars
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Resolves the pinned Apache Kafka broker's jars with Maven (cached: no network the second time).
+jars: install
+	$(BIN)/enx-streams kafka jars
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

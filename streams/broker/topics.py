@@ -1,0 +1,140 @@
+"""Provisioning of the four contract topics, run by every role at startup.
+
+The contract (design.md, "Kafka topics") fixes what each topic keeps: the webhook log, dead letters and
+alerts are kept forever (``retention.ms=-1``), the session snapshots are compacted. Provisioning is
+idempotent: a topic that exists with the contract's configuration is left alone; one whose
+configuration contradicts the contract (a finite retention on the event log, a sessions topic that is
+not compacted, another partition count) is reported with what to do, never silently used, because the
+event log is the product's source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from streams.config import Settings
+
+KEPT_FOREVER = {"retention.ms": "-1", "cleanup.policy": "delete"}
+COMPACTED = {"cleanup.policy": "compact"}
+
+# The contract topics by short name; Settings.topic() adds the prefix and the version suffix.
+CONTRACT_CONFIGS: Mapping[str, Mapping[str, str]] = {
+    "webhooks": KEPT_FOREVER,
+    "deadletter": KEPT_FOREVER,
+    "sessions": COMPACTED,
+    "alerts": KEPT_FOREVER,
+}
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicConflict(RuntimeError):
+    """An existing topic contradicts the contract; the message says which setting and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: Mapping[str, str]
+    # The webhook log is the state tables' source: their changelogs must have its partition count.
+    partitions_must_match: bool = False
+
+
+def contract_topics(settings: Settings) -> list[TopicSpec]:
+    """The four topics this deployment needs, with their contract configuration."""
+    return [TopicSpec(settings.topic(short), settings.partitions, dict(configs),
+                      partitions_must_match=(short == "webhooks"))
+            for short, configs in CONTRACT_CONFIGS.items()]
+
+
+def contradictions(spec: TopicSpec, partitions: int, configs: Mapping[str, str]) -> list[str]:
+    """What an existing topic (its partition count and configs) gets wrong against ``spec``. Pure."""
+    problems = []
+    if spec.partitions_must_match and partitions != spec.partitions:
+        problems.append(f"has {partitions} partitions, the deployment expects {spec.partitions} "
+                        f"(ENX_PARTITIONS); the state tables' changelogs must match the source topic")
+    for key, want in spec.configs.items():
+        have = configs.get(key)
+        if have != want:
+            problems.append(f"has {key}={have}, the contract needs {key}={want}")
+    return problems
+
+
+async def _existing(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    described = await admin.describe_topics(names)
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
+
+async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    if not names:
+        return {}
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    out: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.resources:
+            _error, _message, _type, name, entries = resource[:5]
+            out[name] = {entry[0]: entry[1] for entry in entries}
+    return out
+
+
+async def describe_topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
+    """Each named topic's configuration as the broker reports it (for checks and tests)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await _configs(admin, names)
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int | None = None) -> list[str]:
+    """Create the missing topics, check the existing ones; returns one line per topic for the log.
+
+    ``replication`` defaults to min(3, number of brokers). Raises :class:`TopicConflict` listing every
+    existing topic that contradicts its spec.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if replication is None:
+            cluster = await admin.describe_cluster()
+            replication = max(1, min(3, len(cluster["brokers"])))
+        names = [s.name for s in specs]
+        existing = await _existing(admin, names)
+        missing = [s for s in specs if s.name not in existing]
+        report = []
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.configs)) for s in missing])
+            for topic_error in response.to_object().get("topic_errors", []):
+                code = topic_error["error_code"]
+                if code not in (0, TOPIC_ALREADY_EXISTS):
+                    raise TopicConflict(f"could not create topic {topic_error['topic']}: error {code} "
+                                        f"{topic_error.get('error_message') or ''}".strip())
+            report += [f"created {s.name} ({s.partitions} partitions, {_fmt(s.configs)})" for s in missing]
+        existing = await _existing(admin, names)
+        configs = await _configs(admin, names)
+        problems = []
+        for spec in specs:
+            issues = contradictions(spec, existing.get(spec.name, 0), configs.get(spec.name, {}))
+            if issues:
+                problems.append(f"topic {spec.name} " + "; ".join(issues))
+            elif spec not in missing:
+                report.append(f"checked {spec.name}")
+        if problems:
+            raise TopicConflict(
+                "existing topics contradict the contract, so they are not used:\n  - " + "\n  - ".join(problems)
+                + "\nAlter them (kafka-configs.sh --alter) or use another ENX_TOPIC_PREFIX; "
+                  "never shorten the retention of the event log.")
+        return report
+    finally:
+        await admin.close()
+
+
+def _fmt(configs: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in configs.items())

@@ -1,0 +1,163 @@
+"""The ``enx-streams`` entry point: parses the command line, then calls the roles.
+
+Every ``ENX_*`` setting of :mod:`streams.config` is mirrored by a flag on every command
+(``ENX_DATA_DIR`` <-> ``--data-dir``), added by :func:`with_settings`, so a setting cannot exist in
+one place and not the other. Roles are imported inside their command: ``enx-streams kafka status``
+does not pay for faust or chdb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from streams import config
+
+app = typer.Typer(help="enx-streams: EnableX session webhooks -> Kafka -> Faust -> ClickHouse.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft) for one machine and for tests.",
+                        no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print an error that says what to do next and exit non-zero."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command one ``--flag`` per setting and pass it the loaded :class:`config.Settings`.
+
+    The command declares a ``settings: config.Settings`` parameter; its other parameters stay as they are.
+    """
+    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "settings"]
+    own_names = {p.name for p in own}
+    extra = []
+    for s in config.SETTINGS:
+        if s.field in own_names:
+            continue
+        extra.append(inspect.Parameter(
+            s.field, inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[Optional[str], typer.Option(s.flag, help=f"{s.help} [env {s.env}]",
+                                                             show_default=False, rich_help_panel="Settings")]))
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        overrides = {s.field: kwargs.pop(s.field) for s in config.SETTINGS if s.field in kwargs
+                     and s.field not in own_names}
+        try:
+            settings = config.load(**overrides)
+        except config.SettingsError as exc:
+            fail(str(exc), code=2)
+        return fn(settings=settings, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+    return wrapper
+
+
+# -- kafka ------------------------------------------------------------------------------------------
+
+PortOption = Annotated[Optional[int], typer.Option("--port", help="broker port (default: the port of "
+                                                   "ENX_KAFKA_BOOTSTRAP, 9092)")]
+
+
+def _local_kafka(settings: config.Settings, port: int | None):
+    from streams.broker.local import LocalKafka
+
+    if port is None:
+        port = _port_of(settings.kafka_bootstrap)
+    return LocalKafka(settings.data_dir, settings.cache_dir, port=port)
+
+
+def _port_of(bootstrap: str) -> int:
+    first = bootstrap.split(",")[0]
+    try:
+        return int(first.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return 9092
+
+
+@kafka_app.command("start")
+@with_settings
+def kafka_start(settings: config.Settings, port: PortOption = None,
+                timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 90.0) -> None:
+    """Start the local broker (resolving its jars with Maven on first use) and wait until it answers."""
+    from streams.broker.local import BrokerError
+
+    broker = _local_kafka(settings, port)
+    try:
+        status = broker.start(timeout_s=timeout, echo=lambda m: typer.echo(m, err=True))
+    except BrokerError as exc:
+        fail(str(exc))
+    typer.echo(status.describe())
+
+
+@kafka_app.command("stop")
+@with_settings
+def kafka_stop(settings: config.Settings, port: PortOption = None) -> None:
+    """Stop the local broker: SIGTERM, wait, then report."""
+    typer.echo(_local_kafka(settings, port).stop())
+
+
+@kafka_app.command("status")
+@with_settings
+def kafka_status(settings: config.Settings, port: PortOption = None) -> None:
+    """Say whether the local broker runs, and its bootstrap address. Exit 0 when running, 3 when not."""
+    status = _local_kafka(settings, port).status()
+    typer.echo(status.describe())
+    raise typer.Exit(0 if status.running else 3)
+
+
+@kafka_app.command("jars")
+@with_settings
+def kafka_jars(settings: config.Settings) -> None:
+    """Resolve the pinned broker's jars with Maven into the cache (done by the install; safe to rerun)."""
+    from streams.broker.local import BrokerError, pinned_kafka_version, resolve_jars
+
+    try:
+        lib = resolve_jars(settings.cache_dir, pinned_kafka_version(), echo=lambda m: typer.echo(m, err=True))
+    except BrokerError as exc:
+        fail(str(exc))
+    typer.echo(f"Kafka {pinned_kafka_version()} jars ready in {lib}")
+
+
+@kafka_app.command("topics")
+@with_settings
+def kafka_topics(settings: config.Settings) -> None:
+    """Create (or check) the four contract topics on ENX_KAFKA_BOOTSTRAP."""
+    from streams.broker.topics import TopicConflict, contract_topics, ensure_topics
+
+    try:
+        report = asyncio.run(ensure_topics(settings.kafka_bootstrap, contract_topics(settings)))
+    except TopicConflict as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a connection error, said plainly
+        fail(f"could not reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with "
+             f"`enx-streams kafka start` or set ENX_KAFKA_BOOTSTRAP")
+    for line in report:
+        typer.echo(line)
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+@app.command("settings")
+@with_settings
+def show_settings(settings: config.Settings) -> None:
+    """Print the effective settings (secrets masked)."""
+    for env, value in settings.describe().items():
+        typer.echo(f"{env}={value}")
+
+
+def main() -> None:  # pragma: no cover - console script
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

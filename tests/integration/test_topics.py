@@ -1,0 +1,73 @@
+"""Topic provisioning against the real broker, configurations read back through the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from streams import config
+from streams.broker.topics import TopicConflict, contract_topics, describe_topic_configs, ensure_topics
+
+
+def _settings(bootstrap: str, partitions: int = 3) -> config.Settings:
+    return config.Settings(kafka_bootstrap=bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+                           partitions=partitions)
+
+
+def test_creates_the_four_contract_topics_with_their_configs(bootstrap: str) -> None:
+    settings = _settings(bootstrap)
+    report = asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+    names = [settings.topic(n) for n in ("webhooks", "deadletter", "sessions", "alerts")]
+    assert [line.split()[:2] for line in report] == [["created", n] for n in names]
+
+    configs = asyncio.run(describe_topic_configs(bootstrap, names))
+    for short in ("webhooks", "deadletter", "alerts"):
+        assert configs[settings.topic(short)]["retention.ms"] == "-1"
+        assert configs[settings.topic(short)]["cleanup.policy"] == "delete"
+    assert configs[settings.topic("sessions")]["cleanup.policy"] == "compact"
+
+    async def partitions() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+        finally:
+            await admin.close()
+
+    assert asyncio.run(partitions()) == {n: 3 for n in names}
+
+
+def test_is_idempotent(bootstrap: str) -> None:
+    settings = _settings(bootstrap)
+    asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+    again = asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+    assert all(line.startswith("checked ") for line in again) and len(again) == 4
+
+
+def test_contradicting_topic_is_reported_not_used(bootstrap: str) -> None:
+    settings = _settings(bootstrap)
+    asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+
+    async def shorten_retention() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic("webhooks"),
+                                                      configs={"retention.ms": "3600000"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(shorten_retention())
+    with pytest.raises(TopicConflict, match=r"webhooks\.v1 has retention\.ms=3600000.*retention\.ms=-1"):
+        asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+
+
+def test_partition_count_of_the_event_log_must_match(bootstrap: str) -> None:
+    settings = _settings(bootstrap, partitions=2)
+    asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+    with pytest.raises(TopicConflict, match="has 2 partitions, the deployment expects 4"):
+        asyncio.run(ensure_topics(bootstrap, contract_topics(settings.with_overrides(partitions=4))))
