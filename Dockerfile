@@ -6,7 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY schemas ./schemas
-RUN pip install --no-cache-dir . && useradd --system --home-dir /var/lib/enx-streams --create-home enx
+RUN pip install --no-cache-dir -e . && useradd --system --home-dir /var/lib/enx-streams --create-home enx
 USER enx
 ENTRYPOINT ["enx-streams"]
 CMD ["--help"]

@@ -145,6 +145,57 @@ def kafka_topics(settings: config.Settings) -> None:
         typer.echo(line)
 
 
+# -- roles ------------------------------------------------------------------------------------------
+# Each command parses, then hands the loaded Settings to its role. The roles live in their own packages
+# (streams.ingest, streams.processor, streams.sink) and never import each other.
+
+@app.command("ingest")
+@with_settings
+def ingest(settings: config.Settings) -> None:
+    """Run the HTTP ingest service: POST /webhooks/enablex[/{token}] -> the Avro event log."""
+    from streams.ingest.service import run
+
+    raise typer.Exit(run(settings))
+
+
+@app.command("worker")
+@with_settings
+def worker(settings: config.Settings,
+           roles: Annotated[str, typer.Option(help="comma-separated: processor, sink")] = "processor,sink") -> None:
+    """Run a worker: the processor (state tables, SLA watch) and/or the ClickHouse sink."""
+    from streams.worker import parse_roles, run
+
+    try:
+        chosen = parse_roles(roles)
+    except ValueError as exc:
+        fail(str(exc), code=2)
+    raise typer.Exit(run(settings, chosen))
+
+
+@app.command("migrate")
+@with_settings
+def migrate(settings: config.Settings) -> None:
+    """Apply the numbered ClickHouse migrations (does nothing when rerun)."""
+    from streams.sink.migrations import run_cli
+
+    raise typer.Exit(run_cli(settings, echo=typer.echo))
+
+
+@app.command("sql")
+@with_settings
+def sql(settings: config.Settings, query: Annotated[str, typer.Argument(help="the SQL to run")],
+        format: Annotated[str, typer.Option("--format", help="any ClickHouse output format")] = "PrettyCompact") -> None:
+    """Run SQL on the configured ClickHouse and print it (embedded: through the process that owns it)."""
+    from streams.sink.query import QueryError, run_query
+
+    try:
+        out = run_query(settings, query, format)
+    except QueryError as exc:
+        fail(str(exc))
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+
+
 # -- settings ---------------------------------------------------------------------------------------
 
 @app.command("settings")

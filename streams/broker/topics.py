@@ -10,6 +10,7 @@ event log is the product's source of truth.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping
 
@@ -82,6 +83,19 @@ async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, di
     return out
 
 
+async def _described(admin: AIOKafkaAdminClient, names: list[str],
+                     timeout_s: float = 30.0) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Partition counts and configs, polled until every topic just created shows in the metadata."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        existing = await _existing(admin, names)
+        configs = await _configs(admin, [n for n in names if n in existing])
+        complete = all(existing.get(n) and configs.get(n) for n in names)
+        if complete or asyncio.get_running_loop().time() > deadline:
+            return existing, configs
+        await asyncio.sleep(0.2)  # metadata propagation poll, bounded by the deadline
+
+
 async def describe_topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
     """Each named topic's configuration as the broker reports it (for checks and tests)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -117,8 +131,7 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int
                     raise TopicConflict(f"could not create topic {topic_error['topic']}: error {code} "
                                         f"{topic_error.get('error_message') or ''}".strip())
             report += [f"created {s.name} ({s.partitions} partitions, {_fmt(s.configs)})" for s in missing]
-        existing = await _existing(admin, names)
-        configs = await _configs(admin, names)
+        existing, configs = await _described(admin, names)
         problems = []
         for spec in specs:
             issues = contradictions(spec, existing.get(spec.name, 0), configs.get(spec.name, {}))
