@@ -196,6 +196,27 @@ def sql(settings: config.Settings, query: Annotated[str, typer.Argument(help="th
     sys.stdout.flush()
 
 
+@app.command("simulate")
+@with_settings
+def simulate(settings: config.Settings,
+             url: Annotated[str, typer.Option(help="ingest webhook URL")] = "http://localhost:8080/webhooks/enablex",
+             sessions: Annotated[int, typer.Option(help="sessions to simulate")] = 100,
+             rate: Annotated[float, typer.Option(help="events per second")] = 50.0,
+             duplicates: Annotated[float, typer.Option(help="share of events delivered twice (0-1)")] = 0.05,
+             out_of_order: Annotated[float, typer.Option("--out-of-order", help="share of sessions delivered out of order (0-1)")] = 0.1,
+             stalled: Annotated[float, typer.Option(help="share of recorded sessions whose transcode never comes (0-1)")] = 0.05,
+             seed: Annotated[int, typer.Option(help="random seed (same seed, same traffic)")] = 1) -> None:
+    """Post realistic EnableX traffic (both payload shapes, all types) to an ingest URL."""
+    from streams.simulate import SimulationError, run
+
+    try:
+        summary = run(url=url, sessions=sessions, rate=rate, duplicates=duplicates, out_of_order=out_of_order,
+                      stalled=stalled, seed=seed)
+    except SimulationError as exc:
+        fail(str(exc))
+    typer.echo(summary)
+
+
 # -- settings ---------------------------------------------------------------------------------------
 
 @app.command("settings")
