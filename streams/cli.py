@@ -217,6 +217,15 @@ def simulate(settings: config.Settings,
     typer.echo(summary)
 
 
+@app.command("dev")
+@with_settings
+def dev(settings: config.Settings) -> None:
+    """The whole pipeline on one machine: local Kafka, ingest on :8080, processor + sink, embedded ClickHouse."""
+    from streams.dev import run
+
+    raise typer.Exit(run(settings, echo=lambda m: typer.echo(m, err=False)))
+
+
 # -- settings ---------------------------------------------------------------------------------------
 
 @app.command("settings")
