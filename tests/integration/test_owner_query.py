@@ -1,0 +1,199 @@
+"""`enx-streams sql` through the owner of an embedded data directory (real chdb, real unix socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.config import Settings
+from streams.sink import migrations
+from streams.sink.clickhouse import OwnerError, OwnerLock, connect, current_owner, settings_path, socket_path
+from streams.sink.owner import QueryServer, serve_queries
+from streams.sink.query import QueryError, run_query
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Owner:
+    settings: Settings
+    writer: Any
+    server: QueryServer
+
+
+@pytest.fixture
+async def owner(tmp_path: Path) -> AsyncIterator[Owner]:
+    """What the sink worker does at its start, in this process: lock, open, migrate, serve."""
+    settings = Settings(data_dir=tmp_path)
+    lock = OwnerLock.acquire(settings_path(settings), "enx-streams worker --roles sink")
+    writer = await asyncio.to_thread(connect, settings)
+    server = None
+    try:
+        await asyncio.to_thread(migrations.apply, writer)
+        reader = await asyncio.to_thread(connect, settings, readonly=True)
+        server = await serve_queries(settings, reader)
+        yield Owner(settings, writer, server)
+    finally:
+        if server is not None:
+            await server.close()
+        await asyncio.to_thread(writer.close)
+        lock.release()
+
+
+async def sql(settings: Settings, query: str, fmt: str = "PrettyCompact") -> bytes:
+    return await asyncio.to_thread(run_query, settings, query, fmt)  # sync client: keep the loop serving
+
+
+async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENX_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams.cli", "sql", "--data-dir", str(settings.data_dir), *args,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def insert_event(owner: Owner, event_id: str, type_: str) -> None:
+    at = dt.datetime(2024, 5, 1, 10, 30, 15, 250000, tzinfo=dt.timezone.utc)
+    owner.writer.insert("enablex.webhook_events", [[event_id, at, type_, "app", None, "42", None, 0, 0, "", "{}"]],
+                        column_names=["event_id", "received_at", "type", "app_id", "room_id", "conf_num",
+                                      "trans_date", "file_count", "total_bytes", "destination", "raw"])
+
+
+async def test_queries_in_any_format(owner: Owner):
+    await asyncio.to_thread(insert_event, owner, "e1", "roomdrop")
+    await asyncio.to_thread(insert_event, owner, "e2", "recording")
+    query = "SELECT event_id, type, received_at FROM enablex.webhook_events FINAL ORDER BY event_id"
+    lines = (await sql(owner.settings, query, "JSONEachRow")).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"event_id": "e1", "type": "roomdrop", "received_at": "2024-05-01 10:30:15.250"},
+        {"event_id": "e2", "type": "recording", "received_at": "2024-05-01 10:30:15.250"}]
+    pretty = (await sql(owner.settings, query)).decode()
+    assert "event_id" in pretty and "roomdrop" in pretty and "│" in pretty
+    assert await sql(owner.settings, "SELECT event_id, type FROM enablex.webhook_events FINAL ORDER BY event_id",
+                     "CSV") == b'"e1","roomdrop"\n"e2","recording"\n'
+    assert await sql(owner.settings, "SELECT count() FROM enablex.error_codes WHERE code = 7000", "TSV") == b"9\n"
+
+
+async def test_read_only_writes_fail_clearly_and_change_nothing(owner: Owner):
+    for statement in ("INSERT INTO enablex.error_codes VALUES (1, 'x', 'y')", "DROP TABLE enablex.error_codes",
+                      "TRUNCATE TABLE enablex.error_codes", "CREATE TABLE enablex.t (a UInt8) ENGINE = Memory",
+                      "SELECT 1 SETTINGS readonly = 0"):
+        with pytest.raises(QueryError, match="read-only"):
+            await sql(owner.settings, statement)
+    assert await sql(owner.settings, "SELECT count() FROM enablex.error_codes", "TSV") == b"77\n"
+    # a failed multi-statement query leaves nothing behind for the next one
+    with pytest.raises(QueryError, match="read-only"):
+        await sql(owner.settings, "SELECT 1; DROP TABLE enablex.error_codes")
+    assert await sql(owner.settings, "SELECT 42", "TSV") == b"42\n"
+    # the owner's writer session is untouched by the read-only one
+    await asyncio.to_thread(insert_event, owner, "e3", "chatdata")
+    assert await sql(owner.settings, "SELECT count() FROM enablex.webhook_events", "TSV") == b"1\n"
+
+
+async def test_clickhouse_errors_come_back_as_messages(owner: Owner):
+    with pytest.raises(QueryError, match="UNKNOWN_TABLE|Unknown table"):
+        await sql(owner.settings, "SELECT * FROM enablex.no_such_table")
+    with pytest.raises(QueryError, match="Unknown format"):
+        await sql(owner.settings, "SELECT 1", "NoSuchFormat")
+    with pytest.raises(QueryError, match="not a ClickHouse format name"):
+        await sql(owner.settings, "SELECT 1", "JSON; DROP")
+    assert await sql(owner.settings, "SELECT 7", "TSV") == b"7\n"
+
+
+async def test_the_sql_command_through_the_owner(owner: Owner):
+    await asyncio.to_thread(insert_event, owner, "e1", "transcoded")
+    code, out, err = await cli(owner.settings, "--format", "JSONEachRow",
+                               "SELECT event_id, type FROM enablex.webhook_events FINAL")
+    assert code == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [{"event_id": "e1", "type": "transcoded"}]
+    code, out, err = await cli(owner.settings, "DROP TABLE enablex.webhook_events")
+    assert code == 1 and "read-only" in err and out == ""
+
+
+async def test_a_second_owner_is_refused(owner: Owner):
+    path = settings_path(owner.settings)
+    with pytest.raises(OwnerError) as refused:
+        OwnerLock.acquire(path)
+    message = str(refused.value)
+    assert f"is owned by pid {os.getpid()} (enx-streams worker --roles sink)" in message
+    assert "several sink workers need a ClickHouse server" in message and "ENX_CLICKHOUSE_DSN=http://" in message
+    # the same from another process
+    probe = ("import sys; from pathlib import Path; from streams.sink.clickhouse import OwnerLock, OwnerError\n"
+             "try:\n    OwnerLock.acquire(Path(sys.argv[1]))\nexcept OwnerError as e:\n    print(e); sys.exit(3)\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", probe, str(path), cwd=REPO,
+                                                stdout=subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 3 and f"owned by pid {os.getpid()}" in out.decode()
+    assert current_owner(path).pid == os.getpid()
+
+
+def test_no_owner_says_so_and_how_to_start_one(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    with pytest.raises(QueryError) as no_owner:
+        run_query(settings, "SELECT 1", "TSV")
+    message = str(no_owner.value)
+    assert "no process owns the embedded ClickHouse" in message
+    assert f"enx-streams dev --data-dir {tmp_path}" in message
+    assert f"enx-streams worker --roles sink --data-dir {tmp_path}" in message
+    # a socket left behind by a killed owner changes nothing
+    sock = socket_path(settings_path(settings))
+    sock.parent.mkdir(parents=True)
+    sock.write_bytes(b"")
+    with pytest.raises(QueryError, match="no process owns"):
+        run_query(settings, "SELECT 1", "TSV")
+
+
+async def test_the_sql_command_without_owner_fails_with_the_way_out(tmp_path: Path):
+    code, out, err = await cli(Settings(data_dir=tmp_path), "SELECT 1")
+    assert code == 1 and out == ""
+    assert "no process owns" in err and "enx-streams dev --data-dir" in err
+
+
+def test_a_killed_owner_leaves_the_directory_free(tmp_path: Path):
+    path = tmp_path / "clickhouse"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from streams.sink.clickhouse import "
+         "OwnerLock; OwnerLock.acquire(Path(sys.argv[1]), 'holder'); print('held', flush=True); time.sleep(60)",
+         str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert current_owner(path).command == "holder"
+        with pytest.raises(OwnerError, match=f"pid {holder.pid} \\(holder\\)"):
+            OwnerLock.acquire(path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert current_owner(path) is None
+    with OwnerLock.acquire(path) as lock:
+        assert lock.held and current_owner(path).pid == os.getpid()
+    assert current_owner(path) is None
+
+
+async def test_closing_the_owner_removes_its_socket(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    sock = socket_path(settings_path(settings))
+    sock.parent.mkdir(parents=True)
+    sock.write_bytes(b"stale")  # left by a killed owner: the next owner replaces it
+    with OwnerLock.acquire(settings_path(settings)):
+        reader = await asyncio.to_thread(connect, settings, readonly=True)
+        server = await serve_queries(settings, reader)
+        try:
+            assert await sql(settings, "SELECT 'up'", "TSV") == b"up\n"
+            assert oct(sock.stat().st_mode & 0o777) == oct(0o600)
+        finally:
+            await server.close()
+    assert not sock.exists()
+    with pytest.raises(QueryError, match="no process owns"):
+        await sql(settings, "SELECT 1")
