@@ -226,6 +226,15 @@ def dev(settings: config.Settings) -> None:
     raise typer.Exit(run(settings, echo=lambda m: typer.echo(m, err=False)))
 
 
+@app.command("rebuild")
+@with_settings
+def rebuild(settings: config.Settings) -> None:
+    """Recompute the projections (state tables, sessions topic, ClickHouse tables) from the event log."""
+    from streams.rebuild import run
+
+    raise typer.Exit(run(settings, echo=typer.echo))
+
+
 # -- settings ---------------------------------------------------------------------------------------
 
 @app.command("settings")
