@@ -127,7 +127,7 @@ async def reset_kafka(settings: config.Settings, echo: Callable[[str], None]) ->
         for group in (processor, sink):
             try:
                 node = await admin.find_coordinator(group)
-                await admin._send_request(DeleteGroupsRequest[0]([group]), node)  # noqa: SLF001
+                await admin._send_request(DeleteGroupsRequest([group]), node)  # noqa: SLF001
             except Exception:  # noqa: BLE001 - the group may not exist
                 pass
         echo(f"reset consumer groups {processor} and {sink}")
