@@ -1,0 +1,118 @@
+"""``enx-streams worker --roles processor,sink``: one long-lived consumer process.
+
+- ``processor``: the faust app of :mod:`streams.processor.app`, run by a faust Worker in this process
+  (SIGTERM/SIGINT stop it cleanly).
+- ``sink``: :func:`streams.sink.consumer.run_sink`, as a service of the same worker when the processor
+  runs too, or alone under asyncio. With the embedded ClickHouse, this process becomes the owner of the
+  data directory; a second one refuses to start and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from streams.config import Settings
+
+ROLES = ("processor", "sink")
+
+
+def parse_roles(text: str) -> frozenset[str]:
+    """``"processor,sink"`` -> the set of roles; a clear ValueError for anything else."""
+    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
+    unknown = roles - set(ROLES)
+    if unknown or not roles:
+        raise ValueError(f"--roles takes a comma-separated list of {', '.join(ROLES)}; got {text!r}")
+    return roles
+
+
+def _provision(settings: Settings) -> None:
+    from streams.broker.topics import TopicSpec, contract_topics, ensure_topics
+    from streams.processor.app import command_topic
+
+    specs = contract_topics(settings)
+    specs.append(TopicSpec(command_topic(settings), settings.partitions,
+                           {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)},
+                           partitions_must_match=True))
+    for line in asyncio.run(ensure_topics(settings.kafka_bootstrap, specs)):
+        logging.getLogger("streams.worker").info("topics: %s", line)
+
+
+def _sink_alone(settings: Settings) -> int:
+    from streams.sink.clickhouse import ClickHouseError
+    from streams.sink.consumer import run_sink
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_sink(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except ClickHouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sink_service(settings: Settings):  # -> mode.Service
+    import mode
+
+    from streams.sink.clickhouse import ClickHouseError
+    from streams.sink.consumer import run_sink
+
+    class SinkService(mode.Service):
+        """The sink inside the faust worker: started with it, stopped (flushed, committed) with it."""
+
+        async def on_start(self) -> None:
+            self._stop = asyncio.Event()
+            ready = asyncio.Event()
+            self._task = asyncio.ensure_future(run_sink(settings, self._stop, on_ready=ready.set))
+            waiter = asyncio.ensure_future(ready.wait())
+            await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if self._task.done() and self._task.exception() is not None:
+                exc = self._task.exception()
+                message = str(exc) if isinstance(exc, ClickHouseError) else repr(exc)
+                print(f"error: the sink could not start: {message}", file=sys.stderr, flush=True)
+                import os
+
+                os._exit(1)
+
+        async def on_stop(self) -> None:
+            self._stop.set()
+            try:
+                await asyncio.wait_for(self._task, timeout=20)
+            except Exception as exc:  # noqa: BLE001 - report, do not hang the shutdown
+                logging.getLogger("streams.worker").warning("the sink stopped with %r", exc)
+
+    return SinkService()
+
+
+def run(settings: Settings, roles: frozenset[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    try:
+        _provision(settings)
+    except Exception as exc:  # noqa: BLE001 - said plainly with what to do
+        print(f"error: could not provision topics on {settings.kafka_bootstrap}: {exc}. Is Kafka running "
+              f"(`enx-streams kafka start`)?", file=sys.stderr)
+        return 1
+    if "processor" not in roles:
+        return _sink_alone(settings)
+
+    import faust
+
+    from streams.processor.app import create_app
+
+    app = create_app(settings)
+    services = [_sink_service(settings)] if "sink" in roles else []
+    worker = faust.Worker(app, *services, loglevel="INFO", quiet=True, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
