@@ -1,0 +1,1 @@
+"""Ingest: the HTTP front door (service.py), the durable producer (producer.py) and its spool (spool.py)."""

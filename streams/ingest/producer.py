@@ -1,0 +1,132 @@
+"""The durable producer: a record is durable once Kafka acknowledged it (acks=all, idempotent producer)
+or, while Kafka is unreachable, once it is fsynced in the spool, which is replayed in order when Kafka
+returns. While the spool holds anything, new records go behind it, so the log keeps arrival order.
+
+A send that fails is failed by aiokafka itself (``request_timeout_ms``), not abandoned by us, so a record
+is never both in the producer's buffer and in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from streams.ingest.metrics import IngestMetrics
+from streams.ingest.spool import Spool
+
+log = logging.getLogger("streams.ingest")
+REQUEST_TIMEOUT_MS = 4000
+RETRY_S = 1.0
+
+
+class DurableProducer:
+    def __init__(self, bootstrap: str, spool_dir: Path, metrics: IngestMetrics) -> None:
+        self.bootstrap = bootstrap
+        self.spool = Spool(spool_dir)
+        self.metrics = metrics
+        self.producer: AIOKafkaProducer | None = None
+        self.kafka_ok = False
+        self._lock = asyncio.Lock()
+        self._replayer: asyncio.Task | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._connect()
+        self._replayer = asyncio.create_task(self._replay_forever())
+        self.metrics.spool_depth.set(self.spool.pending_bytes())
+
+    async def _connect(self) -> bool:
+        if self.producer is not None:
+            return True
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                                    request_timeout_ms=REQUEST_TIMEOUT_MS, linger_ms=2)
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as exc:
+            log.warning("Kafka at %s is unreachable (%s); accepted events go to the spool", self.bootstrap, exc)
+            await producer.stop()
+            return False
+        self.producer = producer
+        return True
+
+    async def _drop_producer(self) -> None:
+        producer, self.producer = self.producer, None
+        self.kafka_ok = False
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=5)
+            except Exception:  # noqa: BLE001 - it is being thrown away
+                pass
+
+    async def deliver(self, topic: str, key: bytes | None, value: bytes) -> str:
+        """Make one record durable; returns ``"kafka"`` or ``"spool"``. Raises only if both fail."""
+        started = time.perf_counter()
+        try:
+            async with self._lock:
+                direct = self.kafka_ok and self.producer is not None and self.spool.pending_bytes() == 0
+            if direct:
+                try:
+                    await self.producer.send_and_wait(topic, value, key=key)  # type: ignore[union-attr]
+                    self.metrics.durable_by.labels("kafka").inc()
+                    return "kafka"
+                except (KafkaError, OSError) as exc:
+                    log.warning("Kafka did not acknowledge (%s); spooling until it is back", exc)
+                    self.kafka_ok = False
+            async with self._lock:
+                await asyncio.to_thread(self.spool.append, topic, key, value)
+            self.metrics.durable_by.labels("spool").inc()
+            self.metrics.spool_depth.set(self.spool.pending_bytes())
+            return "spool"
+        finally:
+            self.metrics.produce_latency.observe(time.perf_counter() - started)
+
+    async def _replay_once(self) -> None:
+        if not await self._connect():
+            return
+        while self.spool.pending_bytes() > 0:
+            frames = await asyncio.to_thread(self.spool.pending)
+            if not frames:
+                break
+            for frame in frames:
+                try:
+                    await self.producer.send_and_wait(frame.topic, frame.value, key=frame.key)  # type: ignore
+                except (KafkaError, OSError) as exc:
+                    log.warning("replaying the spool failed (%s); retrying", exc)
+                    await self._drop_producer()
+                    return
+                await asyncio.to_thread(self.spool.ack, frame.end)
+                self.metrics.spool_depth.set(self.spool.pending_bytes())
+        async with self._lock:
+            if self.spool.pending_bytes() == 0:
+                await asyncio.to_thread(self.spool.reset_if_drained)
+                if not self.kafka_ok:
+                    log.info("Kafka at %s is reachable; the spool is drained", self.bootstrap)
+                self.kafka_ok = True
+
+    async def _replay_forever(self) -> None:
+        while not self._closing:
+            try:
+                if not self.kafka_ok or self.spool.pending_bytes() > 0:
+                    await self._replay_once()
+            except Exception:  # noqa: BLE001 - keep replaying; the spool is durable
+                log.exception("spool replay failed; retrying")
+            await asyncio.sleep(RETRY_S)  # retry interval while Kafka is away
+
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """On shutdown: try to hand the spool to Kafka; what is left stays fsynced for the next start."""
+        self._closing = True
+        if self._replayer is not None:
+            self._replayer.cancel()
+        if self.spool.pending_bytes() and self.producer is not None:
+            try:
+                await asyncio.wait_for(self._replay_once(), timeout=timeout_s)
+            except Exception:  # noqa: BLE001
+                log.info("%d spooled bytes wait for the next start", self.spool.pending_bytes())
+        if self.producer is not None:
+            await self.producer.stop()
+        self.spool.close()
