@@ -69,6 +69,11 @@ def _poll(what: str, check: Callable[[], Any], timeout_s: float, proc: subproces
                          f"{log.read_text()[-4000:]}")
 
 
+def _when(value: Any, ok: Callable[[Any], bool]) -> Any:
+    """``value`` when ``ok(value)``, else None (for polling)."""
+    return value if ok(value) else None
+
+
 class Dev:
     def __init__(self, tmp: Path) -> None:
         self.data_dir = tmp / "data"
@@ -133,7 +138,7 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
 
 def test_dev_end_to_end(dev: Dev) -> None:
     proc = dev.start()
-    banner = dev.out.read_text()
+    banner = _poll("the banner", lambda: _when(dev.out.read_text(), lambda t: "dev is up" in t), 30, proc, dev.out)
     assert "/webhooks/enablex" in banner and "enx-streams sql" in banner
 
     ids = []
@@ -147,8 +152,8 @@ def test_dev_end_to_end(dev: Dev) -> None:
     assert status == 400 and rejected["deadletter_id"]
 
     events = _poll("all events in ClickHouse",
-                   lambda: (rows := dev.sql("SELECT event_id, type, conf_num FROM enablex.webhook_events FINAL "
-                                            "ORDER BY event_id")) if len(rows) == len(BODIES) else None,
+                   lambda: _when(dev.sql("SELECT event_id, type, conf_num FROM enablex.webhook_events FINAL "
+                                         "ORDER BY event_id"), lambda rows: len(rows) == len(BODIES)),
                    120, proc, dev.out)
     assert sorted(r["event_id"] for r in events) == sorted(ids)
     assert {r["type"] for r in events} == {"roomdrop", "recording", "transcoded", "file-transfer", "chatdata"}
@@ -166,9 +171,10 @@ def test_dev_end_to_end(dev: Dev) -> None:
     assert next(f for f in files if f["kind"] == "transferred")["destination"] == "sftp"
 
     sessions = _poll("both sessions met",
-                     lambda: (rows := dev.sql("SELECT conf_num, sla_state, transcode_latency_s FROM "
-                                              "enablex.sessions FINAL ORDER BY conf_num"))
-                     if [r["sla_state"] for r in rows] == ["met", "met"] else None, 120, proc, dev.out)
+                     lambda: _when(dev.sql("SELECT conf_num, sla_state, transcode_latency_s FROM "
+                                           "enablex.sessions FINAL ORDER BY conf_num"),
+                                   lambda rows: [r["sla_state"] for r in rows] == ["met", "met"]),
+                     120, proc, dev.out)
     assert [r["conf_num"] for r in sessions] == ["c1", "c2"]
     assert float(sessions[0]["transcode_latency_s"]) == 300.0
     assert int(dev.sql("SELECT count() AS n FROM enablex.sla_alerts FINAL")[0]["n"]) == 0
