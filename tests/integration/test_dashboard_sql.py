@@ -76,13 +76,13 @@ def sessions_and_alerts(events: list[dict[str, Any]], now_ms: int, sla_ms: int) 
     alerts: dict[str, dict[str, Any]] = {}
     for event in events:
         key = f"{event['app_id']}/{event['conf_num']}"
-        merged, raised = rules.merge(states.get(key), event, sla_ms=sla_ms)
+        merged, raised = rules.step(states.get(key), event, sla_ms / 1000)
         if merged != states.get(key):
             states[key] = merged
             snapshots.append(merged)
         alerts.update({a["alert_id"]: a for a in raised})
     for key, state in states.items():
-        judged, raised = rules.judge(state, now_ms, sla_ms=sla_ms)
+        judged, raised = rules.sweep_step(state, now_ms, sla_ms / 1000)
         if judged != state:
             states[key] = judged
             snapshots.append(judged)
