@@ -56,6 +56,17 @@ def child_env(settings: config.Settings) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if ``dev`` itself dies (even by SIGKILL), so no role is orphaned."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -132,7 +143,7 @@ class DevStack:
             out.flush()
             proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=child_env(self.settings),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         child = Child(name, proc, log)
         self.children.append(child)
         self.echo(f"{name}: started (pid {proc.pid}, log {log})")

@@ -241,11 +241,14 @@ class LocalKafka:
         if (self.storage / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        proc = subprocess.run(
-            [java, "-cp", self._classpath(lib), STORAGE_TOOL, "format", "-t", cluster_id,
-             "-c", str(self.config_file), "--ignore-formatted"],
-            capture_output=True, text=True,
-        )
+        for _attempt in range(2):  # one retry: the tool is a one-shot JVM, which can fail to start transiently
+            proc = subprocess.run(
+                [java, "-cp", self._classpath(lib), STORAGE_TOOL, "format", "-t", cluster_id,
+                 "-c", str(self.config_file), "--ignore-formatted"],
+                capture_output=True, text=True,
+            )
+            if proc.returncode == 0:
+                return
         if proc.returncode != 0:
             raise BrokerError(f"formatting KRaft storage in {self.storage} failed (exit {proc.returncode}); "
                               f"remove that folder to start afresh:\n{proc.stdout}{proc.stderr}")
