@@ -2,8 +2,12 @@
 or, while Kafka is unreachable, once it is fsynced in the spool, which is replayed in order when Kafka
 returns. While the spool holds anything, new records go behind it, so the log keeps arrival order.
 
-A send that fails is failed by aiokafka itself (``request_timeout_ms``), not abandoned by us, so a record
-is never both in the producer's buffer and in the spool.
+An idempotent aiokafka producer retries a send for ever while the broker is away. So a send not
+acknowledged within ``SEND_TIMEOUT_S`` abandons that producer: its sender task is cancelled before anything
+else happens, so none of its buffered records can reach Kafka later, and the record goes to the spool. A
+record is therefore never both buffered and spooled; the one exception is a batch already on the wire when
+the broker died after writing it but before answering, which can appear twice with the same ``event_id``
+(every projection deduplicates by it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,23 @@ from streams.ingest.spool import Spool
 
 log = logging.getLogger("streams.ingest")
 REQUEST_TIMEOUT_MS = 4000
+SEND_TIMEOUT_S = 5.0
 RETRY_S = 1.0
+
+
+async def _abandon(producer: AIOKafkaProducer) -> None:
+    """Close a producer WITHOUT flushing: cancel its sender first, so no buffered record is ever sent."""
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        await sender.close()
+    producer._closed = True  # noqa: SLF001 - stop() would flush, which is what must not happen
+    await producer.client.close()
+
+
+async def send_acked(producer: AIOKafkaProducer, topic: str, value: bytes, key: bytes | None) -> None:
+    """Send and wait for the acknowledgement, at most SEND_TIMEOUT_S (raises TimeoutError)."""
+    future = await asyncio.wait_for(producer.send(topic, value, key=key), timeout=SEND_TIMEOUT_S)
+    await asyncio.wait_for(asyncio.shield(future), timeout=SEND_TIMEOUT_S)
 
 
 class DurableProducer:
@@ -59,7 +79,7 @@ class DurableProducer:
         self.kafka_ok = False
         if producer is not None:
             try:
-                await asyncio.wait_for(producer.stop(), timeout=5)
+                await asyncio.wait_for(_abandon(producer), timeout=5)
             except Exception:  # noqa: BLE001 - it is being thrown away
                 pass
 
@@ -70,13 +90,15 @@ class DurableProducer:
             async with self._lock:
                 direct = self.kafka_ok and self.producer is not None and self.spool.pending_bytes() == 0
             if direct:
+                producer = self.producer
                 try:
-                    await self.producer.send_and_wait(topic, value, key=key)  # type: ignore[union-attr]
+                    await send_acked(producer, topic, value, key)  # type: ignore[arg-type]
                     self.metrics.durable_by.labels("kafka").inc()
                     return "kafka"
-                except (KafkaError, OSError) as exc:
-                    log.warning("Kafka did not acknowledge (%s); spooling until it is back", exc)
-                    self.kafka_ok = False
+                except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                    log.warning("Kafka did not acknowledge (%r); spooling until it is back", exc)
+                    if self.producer is producer:
+                        await self._drop_producer()
             async with self._lock:
                 await asyncio.to_thread(self.spool.append, topic, key, value)
             self.metrics.durable_by.labels("spool").inc()
@@ -94,8 +116,8 @@ class DurableProducer:
                 break
             for frame in frames:
                 try:
-                    await self.producer.send_and_wait(frame.topic, frame.value, key=frame.key)  # type: ignore
-                except (KafkaError, OSError) as exc:
+                    await send_acked(self.producer, frame.topic, frame.value, frame.key)  # type: ignore[arg-type]
+                except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                     log.warning("replaying the spool failed (%s); retrying", exc)
                     await self._drop_producer()
                     return
@@ -128,5 +150,8 @@ class DurableProducer:
             except Exception:  # noqa: BLE001
                 log.info("%d spooled bytes wait for the next start", self.spool.pending_bytes())
         if self.producer is not None:
-            await self.producer.stop()
+            try:
+                await asyncio.wait_for(self.producer.stop(), timeout=timeout_s)
+            except asyncio.TimeoutError:
+                await _abandon(self.producer)  # every 202 is already durable: nothing is lost
         self.spool.close()
