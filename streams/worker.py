@@ -95,6 +95,7 @@ def _sink_service(settings: Settings):  # -> mode.Service
 
 def run(settings: Settings, roles: frozenset[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    (settings.data_dir / "processor").mkdir(parents=True, exist_ok=True)
     try:
         _provision(settings)
     except Exception as exc:  # noqa: BLE001 - said plainly with what to do
