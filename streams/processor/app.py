@@ -1,23 +1,35 @@
-"""The processor's faust app: the session table, the agent that owns it, and the SLA watch.
+"""The processor's faust app: the state tables, the agent that owns them, and the SLA watch.
 
+- Tables (rules.TABLES), each keyed ``{app_id}/{conf_num}`` and backed by its changelog topic
+  (``<app id>-<table>-changelog``, the webhook log's partition count): ``session_end`` (the ``roomdrop``
+  and event types without a stage), ``recording``, ``transcoded`` (and the recorded stall), ``delivered``
+  (``file-transfer``) and ``chat`` (``chatdata``). A session's state is the combination of its parts
+  (rules.combine). A worker killed with SIGKILL loses nothing: the next owner of a partition restores
+  the tables from the changelogs and re-processes what was not committed (merging is idempotent).
 - One agent consumes the webhook log and the processor's command topic (same partition count, same keys,
-  so a session's events and commands reach the worker that owns its table partition). It is the only
-  writer of the table, event by event, as faust requires.
-- The table ``sessions`` holds each session's state (rules.py), keyed ``{app_id}/{conf_num}``, backed by
-  its changelog: a worker killed with SIGKILL loses nothing, the next owner restores the partition.
-- Every change is published as a versioned ``SessionState`` snapshot on the compacted sessions topic, and
-  every alert of the transition on the alerts topic, with its deterministic ``alert_id``.
-- The SLA watch (watch.py) runs on every worker but can only decide: a timer may not write tables and sees
-  only its own partitions, so it sends a ``stall`` or ``expire`` command keyed by the session to the
-  command topic, and the owning agent re-judges and applies it. Duplicated commands (several workers, a
-  standby, a retry) change nothing the second time, so each alert is raised once.
+  so a session's events and commands reach the worker that owns its table partitions). It is the only
+  writer of the tables, event by event, as faust requires.
+- Every change is published as a versioned ``SessionState`` snapshot on the compacted sessions topic (a
+  tombstone when the session leaves the tables after its retention), and every alert of the transition
+  on the alerts topic, with its deterministic ``alert_id``.
+- The SLA watch (watch.py) runs on every worker every ``SWEEP_INTERVAL_S`` and decides stalls and
+  expiries for the sessions of its own active partitions; its commands reach the owning agent through
+  the command topic, and the agent re-judges and applies them.
 
-Test-only: ``ENXTEST_CLOCK_OFFSET_S`` shifts this process's clock by that many seconds (used by the
-retention test to let days pass); it is not an ENX_ setting and production never sets it.
+Guarantees: at-least-once with idempotent effects. Offsets are committed after the changelog, snapshot
+and alert records of what was processed are flushed; a worker killed between the two re-processes
+records whose effects are already in the changelog, which changes nothing and raises nothing again.
+
+Test-only environment variables (not ENX_ settings; production never sets them):
+- ``ENXTEST_CLOCK_OFFSET_S``: shift this process's wall clock by that many seconds (the retention test
+  lets days pass with it);
+- ``ENXTEST_PROCESSOR_GROUP``: use this app id instead of ``<prefix>processor`` (its consumer group,
+  changelog and command topic names), so a test can replay the log as a brand-new consumer group.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -31,19 +43,21 @@ from faust.types import TP
 from streams.avro import default_codec
 from streams.config import Settings
 from streams.processor import rules
-from streams.processor.watch import PartitionClock, sweep
+from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
 
 log = logging.getLogger("streams.processor")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 SWEEP_INTERVAL_S = 2.0
+REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop after a rebalance
 
 
 def app_id(settings: Settings) -> str:
-    """The processor's faust app id, also its consumer group and the prefix of its changelog topics."""
-    return f"{settings.topic_prefix}processor"
+    """The processor's faust app id: its consumer group and the prefix of its changelog topics."""
+    return os.environ.get("ENXTEST_PROCESSOR_GROUP") or f"{settings.topic_prefix}processor"
 
 
 def command_topic(settings: Settings) -> str:
+    """The SLA watch's commands to the owning agent (internal; same partitions and keys as the log)."""
     return f"{app_id(settings)}-commands"
 
 
@@ -52,90 +66,217 @@ def default_clock() -> Callable[[], float]:
     return (lambda: time.time() + offset) if offset else time.time
 
 
+def exact_changelog_flush(app: faust.App) -> None:
+    """Make the commit wait until every table change has been handed to the Kafka producer.
+
+    faust sends changelog records through a buffer drained by a background task; before committing
+    offsets it flushes that buffer, but ``ProducerBuffer.flush`` gives up as soon as 0.1 s pass without a
+    record leaving it (a metadata fetch, a full accumulator, a busy CPU), and does not wait for the record
+    the task is handing over. The commit then covers events whose changelog records are still buffered,
+    and a worker killed at that moment loses those table changes for good (found by the SIGKILL test).
+    This replaces the buffer's flush by an exact drain: it counts the records put and handed over."""
+    buffer = app.producer.buffer
+    put, send_pending = buffer.put, buffer._send_pending
+    pending = {"n": 0}
+    drained = asyncio.Event()
+
+    def counted_put(fut: Any) -> None:
+        pending["n"] += 1
+        drained.clear()
+        put(fut)
+
+    async def counted_send(fut: Any) -> None:
+        try:
+            await send_pending(fut)
+        finally:
+            pending["n"] -= 1
+            if pending["n"] <= 0:
+                drained.set()
+
+    async def flush() -> None:
+        waited = 0.0
+        while pending["n"] > 0 and not buffer.should_stop:
+            before = pending["n"]
+            try:
+                await asyncio.wait_for(drained.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                waited = 0.0 if pending["n"] < before else waited + 1.0
+                if waited >= 5.0:
+                    log.warning("%d table changes not handed to Kafka after %.0f s (queue %d)", pending["n"], waited,
+                                buffer.size)
+                    waited = 0.0
+
+    buffer.put = counted_put  # type: ignore[method-assign]
+    buffer._send_pending = counted_send  # type: ignore[method-assign]
+    buffer.flush = flush  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> faust.App:
+    """The processor app for ``settings``; ``clock`` (Unix seconds) is the watch's wall clock."""
     clock = clock or default_clock()
     codec = default_codec()
     sla_s = settings.transcode_sla_seconds
+    retention_s = settings.state_retention_seconds
+    log_topic = settings.topic("webhooks")
     app = faust.App(
         app_id(settings),
         broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
-        store="memory://",
+        store="memory://",  # the changelogs are the durable state; a worker restores from them
         datadir=str(settings.data_dir / "processor"),
         web_enabled=False,
         topic_partitions=settings.partitions,
         topic_disable_leader=True,
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
+        broker_session_timeout=10.0,  # a killed worker's partitions move after at most this
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         producer_acks=-1,
     )
-    webhooks = app.topic(settings.topic("webhooks"), partitions=settings.partitions, **RAW)
+    exact_changelog_flush(app)
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
     sessions_out = app.topic(settings.topic("sessions"), partitions=settings.partitions, **RAW)
     alerts_out = app.topic(settings.topic("alerts"), partitions=settings.partitions, **RAW)
-    table = app.Table("sessions", default=None, partitions=settings.partitions)
+    tables = {name: app.Table(name, default=None, partitions=settings.partitions,
+                              help=f"session parts: {name}") for name in rules.TABLES}
     clocks = PartitionClock(clock)
+    resend = Resend(clock)
+    index = DueIndex()
+    # the index is rebuilt from the tables after every rebalance (tables restored from changelogs)
+    reindex = {"needed": True, "generation": 0}
 
-    async def publish(key: bytes, before: dict | None, after: dict, alerts: list[dict[str, Any]]) -> None:
-        for alert in alerts:
+    def parts_of(name: str) -> dict[str, dict | None]:
+        return {t: tables[t].get(name) for t in rules.TABLES}
+
+    def write(name: str, change: rules.Transition) -> None:
+        for t, part in change.writes.items():
+            if part is None:
+                if name in tables[t]:
+                    del tables[t][name]
+            else:
+                tables[t][name] = part
+
+    async def publish(key: bytes, change: rules.Transition) -> None:
+        for alert in change.alerts:
             await alerts_out.send(key=key, value=codec.encode("SlaAlert", alert))
-            log.info("alert %s for %s", alert["kind"], key.decode())
-        if after != before:
-            await sessions_out.send(key=key, value=codec.encode("SessionState", after))
+            log.info("alert %s for %s (deadline %s)", alert["kind"], key.decode(), alert["deadline"])
+        if change.changed:
+            value = None if change.after is None else codec.encode("SessionState", change.after)
+            await sessions_out.send(key=key, value=value)
 
-    @app.agent(app.topic(settings.topic("webhooks"), command_topic(settings), **RAW))
+    @app.agent(app.topic(log_topic, command_topic(settings), **RAW))
     async def process(stream: faust.Stream) -> None:
         async for event in stream.events():
-            key = event.key
-            if not key:
-                continue
-            name = key.decode()
             tp = event.message.tp
-            if tp.topic == settings.topic("webhooks"):
+            key = event.key
+            if tp.topic == log_topic:
                 try:
                     record = codec.decode(event.value, "WebhookEvent")
-                except ValueError as exc:
-                    log.warning("skipping an undecodable record at %s/%s: %s", tp, event.message.offset, exc)
+                except Exception as exc:  # noqa: BLE001 - a record we cannot read must not stop the log
+                    log.warning("skipping an undecodable record at %s offset %s: %s", tp, event.message.offset, exc)
+                    clocks.saw(tp.partition, None, event.message.offset)
                     continue
-                if record.get("conf_num") is None:
-                    continue  # not a session event: kept in the log and ClickHouse, no session state
                 clocks.saw(tp.partition, record["received_at"], event.message.offset)
-                before = table.get(name)
-                after, alerts = rules.step(before, record, sla_s)
-                if after != before:
-                    table[name] = after
-                await publish(key, before, after, alerts)
+                if not key or record.get("conf_num") is None:
+                    continue  # not a session event: kept in the log and ClickHouse, no session state
+                name = key.decode()
+                change = rules.on_event(parts_of(name), record, sla_s)
+            else:
+                if not key:
+                    continue
+                name = key.decode()
+                try:
+                    command = json.loads(event.value)
+                    op, now = command["op"], int(command["now"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("skipping a malformed command for %s: %s", name, exc)
+                    continue
+                change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
+                if change.after is None and change.before is not None:
+                    log.info("session %s left the tables after its retention", name)
+            write(name, change)
+            index.set(name, tp.partition, next_due(change.after, retention_s))
+            await publish(key, change)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
+        clocks.forget(tp.partition for tp in revoked if tp.topic == log_topic)
+        reindex["generation"] += 1
+        reindex["needed"] = True
+        index.clear()
+
+    def drop_local() -> None:
+        """Forget, in this process only (never in the changelog), the sessions of partitions it no longer
+        owns.
+
+        faust's memory store keeps the keys this worker wrote itself after their partition moved away (it
+        only drops what it restored), and a stale key could come back to life if the partition returned
+        after the owner's tombstone was compacted away. A partition whose changelog is not an active
+        recovery partition of this worker has no recovery offset here, so should it come back, faust
+        replays its changelog from the start: dropping its keys loses nothing. Synchronous, so the active
+        set cannot change underneath."""
+        active = app.tables.recovery.active_tps
+        for table in tables.values():
+            data = getattr(table.data, "data", None)  # the memory store's dict
+            if not isinstance(data, dict):
                 continue
-            command = json.loads(event.value)
-            before = table.get(name)
-            if before is None:
-                continue
-            if command["op"] == "stall":
-                after, alerts = rules.sweep_step(before, int(command["now"]), sla_s)
-                if after != before:
-                    table[name] = after
-                await publish(key, before, after, alerts)
-            elif command["op"] == "expire" and rules.expired(before, int(command["now"]),
-                                                              settings.state_retention_seconds):
-                del table[name]
-                await sessions_out.send(key=key, value=None)  # tombstone on the compacted topic
-                log.info("session %s left the tables after its retention", name)
+            changelog = table.changelog_topic.get_topic_name()
+            keep = {tp.partition for tp in active if tp.topic == changelog}
+            for name in [k for k in data if isinstance(k, str) and partition_of(k, settings.partitions) not in keep]:
+                del data[name]
+
+    @app.on_rebalance_complete.connect
+    async def tables_restored(_app: faust.App, **_kwargs: Any) -> None:
+        reindex["generation"] += 1
+        reindex["needed"] = True
+        drop_local()
+
+    async def rebuild_index(assigned: set[int]) -> bool:
+        """Index every session of the assigned partitions from the tables; False if a rebalance came."""
+        generation = reindex["generation"]
+        reindex["needed"] = False
+        names = list({name for table in tables.values() for name in list(table.keys())})
+        for start in range(0, len(names), REINDEX_CHUNK):
+            for name in names[start:start + REINDEX_CHUNK]:
+                partition = partition_of(name, settings.partitions)
+                if partition in assigned:
+                    index.set(name, partition, next_due(rules.combine(parts_of(name), sla_s), retention_s))
+            await asyncio.sleep(0)  # let the agent and the heartbeats run
+            if reindex["generation"] != generation:
+                return False
+        log.info("SLA watch: %d sessions indexed on partitions %s", len(index), sorted(assigned))
+        return True
+
+    def highwater(partition: int) -> int | None:
+        try:
+            return app.consumer.highwater(TP(log_topic, partition))
+        except Exception:  # noqa: BLE001 - unknown until the consumer has fetched the partition
+            return None
+
+    def committed(partition: int) -> int | None:
+        # faust keeps the group's committed offsets (next to read), read at assignment and updated at each
+        # commit, with no public accessor
+        offsets = getattr(app.consumer, "_committed_offset", {})
+        return offsets.get(TP(log_topic, partition))
 
     @app.timer(interval=SWEEP_INTERVAL_S)
     async def watch() -> None:
-        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic("webhooks")}
-        def highwater(partition: int) -> int | None:
-            try:
-                return app.consumer.highwater(TP(settings.topic("webhooks"), partition))
-            except Exception:  # noqa: BLE001 - unknown until the consumer has fetched
-                return None
+        if app.in_recovery:
+            return  # the tables are being restored; the agent is paused too
+        try:
+            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == log_topic}
+        except Exception:  # noqa: BLE001 - no consumer yet (starting) or between generations
+            return
+        if not assigned:
+            return
+        if reindex["needed"] and not await rebuild_index(assigned):
+            return
+        resend.prune()
+        for name, op, now in sweep(index, lambda n: rules.combine(parts_of(n), sla_s), assigned, clocks,
+                                   retention_s, highwater, committed):
+            if resend.due(name, op):
+                await commands.send(key=name.encode(), value=json.dumps({"op": op, "now": now}).encode())
 
-        for name, op, now in sweep(table, assigned, settings.partitions, clocks, sla_s,
-                                   settings.state_retention_seconds, highwater):
-            await commands.send(key=name.encode(), value=json.dumps({"op": op, "now": now}).encode())
-
-    app.conf.enx_parts = {"webhooks": webhooks, "table": table}  # for tests and the worker
+    app.conf.enx_parts = {"tables": tables, "clocks": clocks, "index": index}  # for tests and the worker
     return app

@@ -1,26 +1,67 @@
 """The rules of a session's state and its SLA, as pure functions (no I/O, no clock: time is an argument).
 
-State is a ``SessionState`` record (schemas/avro/SessionState.avsc). Everything in it is derived from the
-SET of the session's events with order-free operations (min of stage times, max of receive times, sums
-over distinct event ids), so merging a session's events in any order, with any duplication, gives the
-same state. The only fact that depends on "now" is the stall: :func:`judge` says when one is due and
-:func:`apply_stall` records it (at the deadline, an event time, so live operation and a replay agree).
+State
+    A ``SessionState`` record (schemas/avro/SessionState.avsc) as a dict. Its *base facts* (stage times,
+    file counts, event ids, room, last receive time, the stall) come from the SET of the session's events
+    by order-free operations: the earliest ``trans_date`` (``received_at`` when absent) per stage, the
+    newest ``received_at``, the smallest room id, counts over distinct event ids. So :func:`merge` gives the
+    same state for any order and any duplication of a session's events. Everything else (latencies from
+    the session end, ``sla_deadline``, ``sla_state``, ``version``) is :func:`derive`-d from the base facts.
 
-SLA (design.md, "SLA semantics"): a composite is expected once a ``recording`` (or a ``transcoded``) was
-seen; the deadline is the session end (``roomdrop`` trans_date), else the first recording's trans_date,
-plus the SLA. ``sla_state``: ``not_applicable`` (nothing expected), ``pending`` (expected, not yet due),
-``breached`` (stalled, no composite yet), ``met`` (composite by the deadline), ``recovered`` (composite
-after the deadline). Alerts come from transitions: the stall gives ``transcode_stalled``, a composite
-after a stall gives ``transcode_recovered`` with its overdue time; each at most once per session.
+Tables
+    The processor keeps one faust table per stage (``TABLES``): ``session_end`` (the ``roomdrop``, and
+    event types without a stage), ``recording``, ``transcoded`` (also where the stall is recorded),
+    ``delivered`` (``file-transfer``) and ``chat`` (``chatdata``). Each holds the base facts of that stage's
+    events only; event ids never overlap across tables (an id is a hash of a payload, which has one type),
+    so :func:`combine` (a disjoint union, then :func:`derive`) of the five parts equals :func:`merge` of
+    all the events: a property test holds the two together. :func:`on_event` and :func:`on_command` are
+    what the owning agent does with a webhook and with a watch command: the table writes, the state before
+    and after, and the alerts of the transition.
+
+SLA (design.md, "SLA semantics")
+    A composite is expected once a ``recording`` (or a ``transcoded``) was seen. The deadline is the
+    session end (``roomdrop`` trans_date), else the first recording's trans_date, plus the SLA.
+    ``sla_state`` is judged by event time: ``not_applicable`` (nothing expected), ``pending`` (expected, no
+    stall recorded), ``breached`` (stalled, no composite yet), ``met`` (composite at or before the
+    deadline), ``recovered`` (composite after the deadline).
+
+The stall
+    Whether a session is stalled depends on "now", so it is not something an event carries: :func:`judge`
+    says a stall is due (a composite is expected, none has come, none recorded, ``now > deadline``) and an
+    explicit ``stall`` command (:func:`apply_stall`, or :func:`on_command` with ``"stall"``) records it.
+    ``stalled_at`` is set to the deadline itself, an event time, so a live run and a replay of the same log
+    write the same state and the same alert. Two places decide a stall, both with the log's own notion of
+    "now": a webhook of the session received at or after its deadline (:func:`step`: nothing came before
+    it, or the composite would be merged already) and the SLA watch (watch.py: the log's time while the
+    consumer is behind, the wall clock once it has caught up).
+
+Alerts (:func:`alerts_for`) come from transitions, each at most once per session:
+    - the stall recorded -> ``transcode_stalled`` (``detected_at`` = the deadline);
+    - a ``transcoded`` merged into a stalled session (a stall, then a late composite; or a composite
+      received after the deadline, which records the stall and merges it in one step) ->
+      ``transcode_recovered`` with ``overdue_s = (transcoded_at - deadline) / 1000``.
+    Both carry the deadline that was breached (``stalled_at``), which a ``roomdrop`` merged after the stall
+    may no longer equal ``sla_deadline``.
+    The ``alert_id`` is a hash of the session key and the kind: whoever raises it, however often.
+
+Retention (:func:`expired`)
+    Every session except a ``pending`` one (still waiting for its SLA verdict) leaves the tables once its
+    last activity (the newest receive time, or the stall) is older than the retention. A breached session
+    leaves too, so that state stays bounded when composites never come; a composite arriving after that
+    starts a fresh state and raises no ``transcode_recovered``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 State = dict[str, Any]
 Event = dict[str, Any]
+Base = dict[str, Any]
+Alert = dict[str, Any]
 
 STAGE_OF_TYPE = {"roomdrop": "ended_at", "recording": "recording_at", "transcoded": "transcoded_at",
                  "file-transfer": "delivered_at", "chatdata": "chat_at"}
@@ -29,6 +70,20 @@ FILES_OF_KIND = {"recording": "recording_files", "transcoded": "transcoded_files
 LATENCY_OF_STAGE = {"recording_at": "recording_latency_s", "transcoded_at": "transcode_latency_s",
                     "delivered_at": "delivery_latency_s", "chat_at": "chat_latency_s"}
 STALLED, RECOVERED = "transcode_stalled", "transcode_recovered"
+SLA_STATES = ("not_applicable", "pending", "met", "breached", "recovered")
+
+# One faust table per stage; the stall lives with the composite's facts.
+TABLES = ("session_end", "recording", "transcoded", "delivered", "chat")
+TABLE_OF_TYPE = {"roomdrop": "session_end", "recording": "recording", "transcoded": "transcoded",
+                 "file-transfer": "delivered", "chatdata": "chat"}
+STALL_TABLE = "transcoded"
+
+STAGES = ("ended_at", "recording_at", "transcoded_at", "delivered_at", "chat_at")
+COUNTS = ("recording_files", "transcoded_files", "delivered_files", "chat_files")
+BASE_FIELDS = ("app_id", "conf_num", "room_id", "event_ids", *STAGES, *COUNTS, "stalled_at", "last_event_at")
+
+# Commands of the SLA watch, applied by the owning agent.
+STALL, EXPIRE = "stall", "expire"
 
 
 def session_key(app_id: str, conf_num: str) -> str:
@@ -40,13 +95,25 @@ def alert_id(key: str, kind: str) -> str:
     return hashlib.sha256(f"{key}|{kind}".encode()).hexdigest()[:32]
 
 
+def table_of(event_type: str) -> str:
+    """The table that holds an event type's facts (types without a stage go with the session end)."""
+    return TABLE_OF_TYPE.get(event_type, "session_end")
+
+
+# -- base facts: order-free ------------------------------------------------------------------------
+
+def empty_base(app_id: str, conf_num: str) -> Base:
+    return {"app_id": app_id, "conf_num": conf_num, "room_id": None, "event_ids": [],
+            **{s: None for s in STAGES}, **{c: 0 for c in COUNTS}, "stalled_at": None, "last_event_at": 0}
+
+
 def empty(app_id: str, conf_num: str) -> State:
-    return {"app_id": app_id, "conf_num": conf_num, "room_id": None, "version": 0, "event_ids": [],
-            "ended_at": None, "recording_at": None, "transcoded_at": None, "delivered_at": None, "chat_at": None,
-            "recording_files": 0, "transcoded_files": 0, "delivered_files": 0, "chat_files": 0,
-            "recording_latency_s": None, "transcode_latency_s": None, "delivery_latency_s": None,
-            "chat_latency_s": None, "sla_deadline": None, "sla_state": "not_applicable", "stalled_at": None,
-            "last_event_at": 0}
+    """A session with no event yet (all derived fields at their neutral values)."""
+    return derive(empty_base(app_id, conf_num), 0.0)
+
+
+def base_of(state: Mapping[str, Any]) -> Base:
+    return {f: state[f] for f in BASE_FIELDS}
 
 
 def _min(a: int | None, b: int | None) -> int | None:
@@ -55,42 +122,74 @@ def _min(a: int | None, b: int | None) -> int | None:
     return a if b is None else min(a, b)
 
 
-def merge(state: State | None, event: Event, sla_seconds: float) -> State:
-    """The session's state with ``event`` merged in (a duplicate changes nothing but order-free minima)."""
-    new = dict(state) if state is not None else empty(event["app_id"], event.get("conf_num") or "")
-    when = event["trans_date"] if event.get("trans_date") is not None else event["received_at"]
+def event_time(event: Event) -> int:
+    """An event's own time: its ``trans_date``, or when ingest received it if EnableX gave none."""
+    return event["trans_date"] if event.get("trans_date") is not None else event["received_at"]
+
+
+def absorb(base: Base | None, event: Event) -> Base:
+    """The base facts with ``event`` in. Commutative and idempotent: a set union in disguise."""
+    new = dict(base) if base is not None else empty_base(event["app_id"], event.get("conf_num") or "")
     stage = STAGE_OF_TYPE.get(event["type"])
     if stage is not None:
-        new[stage] = _min(new[stage], when)
+        new[stage] = _min(new[stage], event_time(event))
     new["last_event_at"] = max(new["last_event_at"], event["received_at"])
-    rooms = [r for r in (new["room_id"], event.get("room_id")) if r is not None]
-    new["room_id"] = min(rooms) if rooms else None
+    new["room_id"] = _min(new["room_id"], event.get("room_id"))
     if event["event_id"] not in new["event_ids"]:
         new["event_ids"] = sorted([*new["event_ids"], event["event_id"]])
         for f in event.get("files") or ():
             column = FILES_OF_KIND.get(f["kind"])
             if column is not None:
                 new[column] += 1
-    return derive(new, sla_seconds)
-
-
-def derive(state: State, sla_seconds: float) -> State:
-    """Recompute what follows from the base facts: latencies, deadline, sla_state, version. Pure."""
-    new = dict(state)
-    ended = new["ended_at"]
-    for stage, latency in LATENCY_OF_STAGE.items():
-        new[latency] = (new[stage] - ended) / 1000.0 if ended is not None and new[stage] is not None else None
-    expected = new["recording_at"] is not None or new["transcoded_at"] is not None
-    base = ended if ended is not None else new["recording_at"]
-    new["sla_deadline"] = base + int(sla_seconds * 1000) if expected and base is not None else None
-    new["sla_state"] = sla_state(new)
-    new["version"] = len(new["event_ids"]) + (1 if new["stalled_at"] is not None else 0)
     return new
 
 
-def sla_state(state: State) -> str:
-    expected = state["recording_at"] is not None or state["transcoded_at"] is not None
-    if not expected:
+def join(a: Base | None, b: Base | None) -> Base | None:
+    """The disjoint union of two parts of one session (their event ids must not overlap, as across tables)."""
+    if a is None:
+        return None if b is None else dict(b)
+    if b is None:
+        return dict(a)
+    out = dict(a)
+    for s in STAGES:
+        out[s] = _min(a[s], b[s])
+    for c in COUNTS:
+        out[c] = a[c] + b[c]
+    out["room_id"] = _min(a["room_id"], b["room_id"])
+    out["event_ids"] = sorted({*a["event_ids"], *b["event_ids"]})
+    out["stalled_at"] = _min(a["stalled_at"], b["stalled_at"])
+    out["last_event_at"] = max(a["last_event_at"], b["last_event_at"])
+    return out
+
+
+# -- derived facts ---------------------------------------------------------------------------------
+
+def derive(base: Mapping[str, Any], sla_seconds: float) -> State:
+    """The full state from the base facts: latencies, deadline, sla_state, version. Pure."""
+    new: State = base_of(base)
+    ended = new["ended_at"]
+    for stage, latency in LATENCY_OF_STAGE.items():
+        new[latency] = (new[stage] - ended) / 1000.0 if ended is not None and new[stage] is not None else None
+    anchor = ended if ended is not None else new["recording_at"]
+    new["sla_deadline"] = anchor + int(round(sla_seconds * 1000)) if expects_composite(new) and anchor is not None \
+        else None
+    new["sla_state"] = sla_state(new)
+    new["version"] = len(new["event_ids"]) + (1 if new["stalled_at"] is not None else 0)
+    return {f: new[f] for f in STATE_FIELDS}
+
+
+STATE_FIELDS = ("app_id", "conf_num", "room_id", "version", "event_ids", *STAGES, *COUNTS,
+                "recording_latency_s", "transcode_latency_s", "delivery_latency_s", "chat_latency_s",
+                "sla_deadline", "sla_state", "stalled_at", "last_event_at")
+
+
+def expects_composite(state: Mapping[str, Any]) -> bool:
+    return state["recording_at"] is not None or state["transcoded_at"] is not None
+
+
+def sla_state(state: Mapping[str, Any]) -> str:
+    """Judged by event time; ``state`` needs its base facts and ``sla_deadline``."""
+    if not expects_composite(state):
         return "not_applicable"
     deadline, transcoded = state["sla_deadline"], state["transcoded_at"]
     if transcoded is not None:
@@ -98,10 +197,37 @@ def sla_state(state: State) -> str:
     return "breached" if state["stalled_at"] is not None else "pending"
 
 
-def stall_due(state: State, now_ms: int) -> bool:
-    """A composite is expected, has not come, the deadline has passed and no stall was recorded yet."""
+def merge(state: State | None, event: Event, sla_seconds: float) -> State:
+    """The session's state with ``event`` merged in: the same for any order and duplication of events.
+
+    The stall (``stalled_at``) is carried over untouched: only a stall command sets it."""
+    return derive(absorb(base_of(state) if state is not None else None, event), sla_seconds)
+
+
+def combine(parts: Mapping[str, Base | None] | Iterable[Base | None], sla_seconds: float) -> State | None:
+    """The session's state from its parts (one per table), or None when it has none."""
+    values = parts.values() if isinstance(parts, Mapping) else parts
+    total: Base | None = None
+    for part in values:
+        total = join(total, part)
+    return None if total is None else derive(total, sla_seconds)
+
+
+# -- the SLA verdict ---------------------------------------------------------------------------------
+
+def stall_due(state: Mapping[str, Any], now_ms: int) -> bool:
+    """A composite is expected, has not come, no stall was recorded yet and the deadline has passed (a
+    composite at the deadline itself is in time, so the stall is due from the next millisecond on)."""
     return (state["transcoded_at"] is None and state["stalled_at"] is None and state["sla_deadline"] is not None
-            and now_ms >= state["sla_deadline"])
+            and now_ms > state["sla_deadline"])
+
+
+def judge(state: Mapping[str, Any] | None, now_ms: int) -> list[str]:
+    """What the SLA watch decides for a session at ``now_ms``: ``["stall"]`` or nothing.
+
+    A decision is only a request: the owning agent re-judges it against the state it holds when the
+    command arrives (:func:`sweep_step`, :func:`on_command`), so a stale or repeated one changes nothing."""
+    return [STALL] if state is not None and stall_due(state, now_ms) else []
 
 
 def apply_stall(state: State, sla_seconds: float) -> State:
@@ -111,47 +237,114 @@ def apply_stall(state: State, sla_seconds: float) -> State:
     return derive({**state, "stalled_at": state["sla_deadline"]}, sla_seconds)
 
 
-def alerts_for(before: State | None, after: State) -> list[dict[str, Any]]:
+def alerts_for(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[Alert]:
     """The SlaAlerts a transition raises: a stall once, a composite after a stall once."""
+    if after is None:
+        return []
     key = session_key(after["app_id"], after["conf_num"])
+    # the deadline that was breached: the stall records it (a roomdrop merged later may move sla_deadline)
     common = {"app_id": after["app_id"], "conf_num": after["conf_num"], "room_id": after["room_id"],
-              "deadline": after["sla_deadline"]}
-    out = []
+              "deadline": after["stalled_at"]}
+    out: list[Alert] = []
     was_stalled = before is not None and before["stalled_at"] is not None
     if after["stalled_at"] is not None and not was_stalled:
         out.append({"alert_id": alert_id(key, STALLED), "kind": STALLED, "detected_at": after["stalled_at"],
                     "overdue_s": None, **common})
     was_recovered = was_stalled and before is not None and before["transcoded_at"] is not None
     if after["stalled_at"] is not None and after["transcoded_at"] is not None and not was_recovered:
-        overdue = (after["transcoded_at"] - after["sla_deadline"]) / 1000.0
+        overdue = (after["transcoded_at"] - after["stalled_at"]) / 1000.0
         out.append({"alert_id": alert_id(key, RECOVERED), "kind": RECOVERED, "detected_at": after["transcoded_at"],
                     "overdue_s": overdue, **common})
     return out
 
 
-def step(state: State | None, event: Event, sla_seconds: float) -> tuple[State, list[dict[str, Any]]]:
-    """What the processor does with one webhook: first judge the stall at the event's receive time (the
-    log's own clock: a record received after the deadline proves the deadline passed without a composite
-    before it), then merge. Returns the new state and the alerts of the transition."""
-    current = state
-    if current is not None and stall_due(current, event["received_at"]):
-        current = apply_stall(current, sla_seconds)
+def step(state: State | None, event: Event, sla_seconds: float) -> tuple[State, list[Alert]]:
+    """What the processor does with one webhook of the session: first judge the stall at the event's
+    receive time (the log's own clock: a record received after the deadline proves the deadline passed
+    without a composite before it), then merge. The new state and the alerts of the transition."""
+    current, alerts = state, []
+    if state is not None and stall_due(state, event["received_at"]):
+        current = apply_stall(state, sla_seconds)
+        alerts = alerts_for(state, current)  # as the watch would have raised it just before this event
     merged = merge(current, event, sla_seconds)
-    return merged, alerts_for(state, merged)
+    return merged, alerts + alerts_for(current, merged)
 
 
-def sweep_step(state: State, now_ms: int, sla_seconds: float) -> tuple[State, list[dict[str, Any]]]:
-    """What the processor does with a sweep's stall command: re-judge at ``now_ms`` and apply if still due."""
+def sweep_step(state: State, now_ms: int, sla_seconds: float) -> tuple[State, list[Alert]]:
+    """What the processor does with the watch's stall command: re-judge at ``now_ms``, apply if still due."""
     if not stall_due(state, now_ms):
         return state, []
     after = apply_stall(state, sla_seconds)
     return after, alerts_for(state, after)
 
 
-def finished(state: State) -> bool:
+def last_activity(state: Mapping[str, Any]) -> int:
+    return max(state["last_event_at"], state["stalled_at"] or 0)
+
+
+def expired(state: Mapping[str, Any], now_ms: int, retention_s: float) -> bool:
+    """The session leaves the tables: not waiting for its SLA verdict, last active longer ago than the
+    retention."""
+    return state["sla_state"] != "pending" and last_activity(state) + int(retention_s * 1000) <= now_ms
+
+
+def finished(state: Mapping[str, Any]) -> bool:
+    """Nothing more is expected of the session (its composite came, or none was ever expected)."""
     return state["sla_state"] in ("met", "recovered", "not_applicable")
 
 
-def expired(state: State, now_ms: int, retention_s: float) -> bool:
-    """A finished session whose last event is older than the retention leaves the tables."""
-    return finished(state) and state["last_event_at"] + int(retention_s * 1000) <= now_ms
+# -- what the owning agent does with its tables -----------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    """One step of a session in the tables: the parts to write (None deletes), the state before and after
+    (None when it has none / leaves the tables) and the alerts raised."""
+
+    writes: dict[str, Base | None]
+    before: State | None
+    after: State | None
+    alerts: list[Alert]
+
+    @property
+    def changed(self) -> bool:
+        return self.after != self.before
+
+
+def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float) -> Transition:
+    """A webhook of the session: :func:`step`, on the session's parts."""
+    before = combine(parts, sla_seconds)
+    writes: dict[str, Base | None] = {}
+    stalled, alerts = before, []
+    if before is not None and stall_due(before, event["received_at"]):
+        writes[STALL_TABLE] = _stalled_part(parts.get(STALL_TABLE), before)
+        stalled = combine({**parts, **writes}, sla_seconds)
+        alerts = alerts_for(before, stalled)
+    table = table_of(event["type"])
+    current = writes.get(table, parts.get(table))
+    merged = absorb(current, event)
+    if merged != current:
+        writes[table] = merged
+    writes = {t: p for t, p in writes.items() if p != parts.get(t)}
+    after = combine({**parts, **writes}, sla_seconds)
+    return Transition(writes, before, after, alerts + alerts_for(stalled, after))
+
+
+def on_command(parts: Mapping[str, Base | None], op: str, now_ms: int, sla_seconds: float,
+               retention_s: float) -> Transition:
+    """A command of the SLA watch, re-judged against the parts held now (stale or repeated: no change)."""
+    before = combine(parts, sla_seconds)
+    if before is None:
+        return Transition({}, None, None, [])
+    if op == STALL and stall_due(before, now_ms):
+        writes = {STALL_TABLE: _stalled_part(parts.get(STALL_TABLE), before)}
+        after = combine({**parts, **writes}, sla_seconds)
+        return Transition(writes, before, after, alerts_for(before, after))
+    if op == EXPIRE and expired(before, now_ms, retention_s):
+        return Transition({t: None for t, p in parts.items() if p is not None}, before, None, [])
+    return Transition({}, before, before, [])
+
+
+def _stalled_part(part: Base | None, state: State) -> Base:
+    out = dict(part) if part is not None else empty_base(state["app_id"], state["conf_num"])
+    out["stalled_at"] = state["sla_deadline"]
+    return out

@@ -1,21 +1,38 @@
-"""The SLA watch: which sessions of this worker's partitions are due a stall or an expiry, and at what "now".
+"""The SLA watch: which sessions of this worker's partitions are due a stall or an expiry, at what "now".
 
-"Now" for a partition is the log's own time (the newest ``received_at`` consumed from it) while the
-consumer is behind (its next offset is below the partition's high-water mark), and the wall clock once it
-has caught up (or, when the high-water mark is unknown, once the partition has been quiet for ``QUIET_S``). A replay
-at full speed therefore judges sessions where the live run did, and a quiet live log still fires on time.
-The watch only decides; the owning agent re-judges each command and applies it (app.py).
+The watch runs on every worker (a faust timer, app.py) and only *decides*: a timer may not write tables
+and sees only its own worker's active partitions. Each decision goes as a command, keyed by the session,
+to the processor's command topic (same partition count, same keys as the webhook log), which the agent
+that owns the session's table partition consumes event by event, re-judges and applies (rules.on_command).
+So exactly one worker writes a session's state, the write is legal, and a repeated or stale command (two
+workers during a rebalance, a resend) changes nothing the second time: one alert per session and kind.
+
+"Now" for a partition (:class:`PartitionClock`) is
+- the wall clock (injectable) once this worker has processed the partition up to its end (its next offset
+  has reached the high-water mark; for a partition just taken over, the group's committed offset has), so
+  a quiet live log still fires on time;
+- the log's own time, the newest ``received_at`` this worker has processed from the partition, while it is
+  behind, so a replay at full speed (a rebuild, a new consumer group, a worker catching up after a restart)
+  judges each session where the live run did: a composite received before the deadline is always merged
+  before the log's time passes the deadline;
+- unknown (judge nothing yet) while it is behind and has processed nothing of the partition.
+What a worker knew of a partition is forgotten when the partition is revoked.
+
+A sweep does not look at every session: :class:`DueIndex` keeps, per partition, when each session next
+needs a command (its deadline, else the end of its retention). The owning agent updates it on every change;
+after a rebalance (when the tables are restored from their changelogs) it is rebuilt from the tables once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import heapq
+from collections.abc import Callable, Iterable, Mapping
 
 from aiokafka.partitioner import murmur2
 
 from streams.processor import rules
 
-QUIET_S = 3.0
+RESEND_S = 10.0  # a command not applied by then (lost in a rebalance) is sent again; repeats are harmless
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -24,42 +41,133 @@ def partition_of(key: str, partitions: int) -> int:
 
 
 class PartitionClock:
-    """Per partition: the newest receive time consumed and when (by the injectable wall clock) it was."""
+    """Per partition: the newest receive time this worker processed and the next offset to process."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self._log_ms: dict[int, int] = {}
-        self._seen_at: dict[int, float] = {}
         self._next_offset: dict[int, int] = {}
 
-    def saw(self, partition: int, received_at_ms: int, offset: int = -1) -> None:
-        self._log_ms[partition] = max(self._log_ms.get(partition, 0), received_at_ms)
-        self._seen_at[partition] = self.clock()
+    def saw(self, partition: int, received_at_ms: int | None, offset: int) -> None:
+        """A webhook record of ``partition`` at ``offset`` was processed (``None``: it had no usable time)."""
+        if received_at_ms is not None:
+            self._log_ms[partition] = max(self._log_ms.get(partition, received_at_ms), received_at_ms)
         self._next_offset[partition] = max(self._next_offset.get(partition, 0), offset + 1)
 
-    def now_ms(self, partition: int, highwater: int | None = None) -> int:
-        wall = self.clock()
-        seen = self._seen_at.get(partition)
-        if seen is None:
-            return int(wall * 1000)
-        if highwater is not None and highwater >= 0:
-            behind = self._next_offset.get(partition, 0) < highwater
-            return self._log_ms[partition] if behind else int(wall * 1000)
-        return int(wall * 1000) if wall - seen >= QUIET_S else self._log_ms[partition]
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions revoked from this worker: what it knew of them is stale when they come back."""
+        for partition in partitions:
+            self._log_ms.pop(partition, None)
+            self._next_offset.pop(partition, None)
+
+    def now_ms(self, partition: int, highwater: int | None, committed: int | None = None) -> int | None:
+        """The partition's "now" in Unix ms, or None when it cannot be known yet.
+
+        ``highwater``: the partition's end offset as the consumer last saw it (None: not fetched yet);
+        ``committed``: the group's committed offset (next to read) when nothing was processed here yet."""
+        position = self._next_offset.get(partition)
+        if position is None:
+            position = committed if committed is not None else 0
+        log_ms = self._log_ms.get(partition)
+        if highwater is not None and position >= highwater:
+            wall = int(self.clock() * 1000)
+            return wall if log_ms is None else max(wall, log_ms)  # never back behind the log's own time
+        return log_ms
 
 
-def sweep(table: Mapping[str, dict] | Iterable, assigned: set[int], partitions: int, clock: PartitionClock,
-          sla_seconds: float, retention_s: float,
-          highwater: Callable[[int], int | None] = lambda _p: None) -> Iterator[tuple[str, str, int]]:
-    """``(session key, "stall" | "expire", now_ms)`` for every session of an assigned partition that is due."""
-    for name, state in list(table.items()):
-        if state is None:
+class Resend:
+    """Remembers the commands sent, so that one not yet applied is not sent again every sweep."""
+
+    def __init__(self, clock: Callable[[], float], after_s: float = RESEND_S) -> None:
+        self.clock = clock
+        self.after_s = after_s
+        self._sent: dict[tuple[str, str], float] = {}
+
+    def due(self, key: str, op: str) -> bool:
+        now = self.clock()
+        sent = self._sent.get((key, op))
+        if sent is not None and now - sent < self.after_s:
+            return False
+        self._sent[(key, op)] = now
+        return True
+
+    def prune(self) -> None:
+        now = self.clock()
+        self._sent = {k: t for k, t in self._sent.items() if now - t < self.after_s}
+
+
+def decide(state: Mapping | None, now_ms: int, retention_s: float) -> str | None:
+    """The command a session needs at ``now_ms``: a stall, an expiry, or nothing."""
+    if state is None:
+        return None
+    if rules.judge(state, now_ms):
+        return rules.STALL
+    if rules.expired(state, now_ms, retention_s):
+        return rules.EXPIRE
+    return None
+
+
+def next_due(state: Mapping | None, retention_s: float) -> int | None:
+    """The first "now" (ms) at which the session will need a command: its stall, else its expiry."""
+    if state is None:
+        return None
+    if state["sla_state"] == "pending":
+        return None if state["sla_deadline"] is None else state["sla_deadline"] + 1
+    return rules.last_activity(state) + int(retention_s * 1000)
+
+
+class DueIndex:
+    """When each session of this worker's partitions next needs a command, by partition, so that a sweep
+    finds what is due without looking at every session: a heap per partition, with lazy deletion."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[int, int]] = {}
+        self._heaps: dict[int, list[tuple[int, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def set(self, key: str, partition: int, due: int | None) -> None:
+        if due is None:
+            self._due.pop(key, None)
+            return
+        if self._due.get(key) == (partition, due):
+            return
+        self._due[key] = (partition, due)
+        heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
+
+    def pop_due(self, partition: int, now_ms: int) -> list[str]:
+        """The sessions of ``partition`` due at ``now_ms``, removed (the caller sets them again)."""
+        heap = self._heaps.get(partition)
+        out: list[str] = []
+        while heap and heap[0][0] <= now_ms:
+            due, key = heapq.heappop(heap)
+            if self._due.get(key) == (partition, due):
+                del self._due[key]
+                out.append(key)
+        return out
+
+    def clear(self) -> None:
+        self._due.clear()
+        self._heaps.clear()
+
+
+def sweep(index: DueIndex, state_of: Callable[[str], Mapping | None], assigned: Iterable[int],
+          clock: PartitionClock, retention_s: float,
+          highwater: Callable[[int], int | None] = lambda _p: None,
+          committed: Callable[[int], int | None] = lambda _p: None) -> list[tuple[str, str, int]]:
+    """``(session key, "stall" | "expire", now_ms)`` for every session of an assigned partition that is due,
+    judged on its state as the tables hold it now (``state_of``). Each session stays in the index at its
+    next due time, so one whose command has not been applied yet is found again next time."""
+    out: list[tuple[str, str, int]] = []
+    for partition in sorted(assigned):
+        now = clock.now_ms(partition, highwater(partition), committed(partition))
+        if now is None:
             continue
-        partition = partition_of(name, partitions)
-        if partition not in assigned:
-            continue
-        now = clock.now_ms(partition, highwater(partition))
-        if rules.stall_due(state, now):
-            yield name, "stall", now
-        elif rules.expired(state, now, retention_s):
-            yield name, "expire", now
+        for name in index.pop_due(partition, now):
+            state = state_of(name)
+            op = decide(state, now, retention_s)
+            if op is not None:
+                out.append((name, op, now))
+            index.set(name, partition, next_due(state, retention_s))
+    return out

@@ -15,7 +15,8 @@ from pathlib import Path
 from streams.broker.topics import contract_topics, ensure_topics
 from streams.config import Settings
 from streams.sink.query import QueryError, run_query
-from tests.integration.test_processor_workers import event, produce
+from tests.integration.test_processor import event, produce
+from tests.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
@@ -44,17 +45,6 @@ def snapshot(settings: Settings) -> dict[str, list[dict]]:
     return {name: query(settings, sql) or [] for name, sql in TABLES.items()}
 
 
-def poll(what: str, check, timeout_s: float, log: Path):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)  # poll interval
-    raise AssertionError(f"{what}: not within {timeout_s} s (last {last!r}); log:\n{log.read_text()[-3000:]}")
-
-
 def test_rebuild_equals_live(bootstrap: str, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", kafka_bootstrap=bootstrap,
                         topic_prefix=f"b{uuid.uuid4().hex[:8]}.", partitions=2)
@@ -71,7 +61,7 @@ def test_rebuild_equals_live(bootstrap: str, tmp_path: Path) -> None:
         log_events.append(event("transcoded", conf, t + late, t + late))
         log_events.append(event("chatdata", conf, t + 200, t + 200))
     log_events.sort(key=lambda e: e["received_at"])
-    asyncio.run(produce(settings, log_events))
+    produce(settings, log_events)
 
     log = tmp_path / "worker.log"
     with open(log, "ab") as out:
