@@ -12,7 +12,6 @@ import asyncio
 import functools
 import inspect
 import sys
-from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer

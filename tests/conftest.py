@@ -10,10 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import os
+
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from streams import config
 from streams.broker.local import LocalKafka, free_port
+
+# Property tests: the same examples on every run and no per-example time limit (a busy 2-core CI machine
+# is no reason to fail), so a red run is a finding, never noise; HYPOTHESIS_PROFILE=explore searches anew.
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", deadline=None, max_examples=2000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +39,14 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
 @pytest.fixture(scope="session")
 def bootstrap(kafka_broker: LocalKafka) -> str:
     return kafka_broker.bootstrap
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker of the test's own, for tests that stop it (the shared one must stay up for the others)."""
+    broker = LocalKafka(tmp_path / "broker", config.default_cache_dir(), port=free_port())
+    broker.start(timeout_s=90)
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -1,7 +1,7 @@
 """Durability of a 202: the broker stopped, events answered from the fsynced spool, replayed exactly once;
 and ingest killed with SIGKILL after such 202s, its spool delivered by the next ingest.
 
-These tests run a broker of their own (the shared one must stay up for the others)."""
+These tests run a broker of their own (``own_broker``: the shared one must stay up for the others)."""
 
 from __future__ import annotations
 
@@ -14,28 +14,15 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams import config
 from streams.avro import default_codec
 from streams.broker.local import LocalKafka, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 40
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
-    broker = LocalKafka(tmp_path / "broker", config.default_cache_dir(), port=free_port())
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def body(i: int, tag: str) -> bytes:

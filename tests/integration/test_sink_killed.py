@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from streams.broker.topics import contract_topics, ensure_topics
 from streams.config import Settings
 from streams.sink.query import QueryError, run_query
 from tests.integration.test_sink import webhook
+from tests.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 6000
@@ -44,17 +44,6 @@ def _start_sink(settings: Settings, log: Path) -> subprocess.Popen:
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _poll(what: str, check, timeout_s: float, log: Path):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)  # poll interval
-    raise AssertionError(f"{what}: not within {timeout_s} s (last {last!r}); log:\n{log.read_text()[-3000:]}")
-
-
 def test_sink_killed_mid_batch_loses_and_doubles_nothing(bootstrap: str, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, kafka_bootstrap=bootstrap, topic_prefix=f"k{uuid.uuid4().hex[:10]}.",
                         partitions=2)
@@ -62,7 +51,7 @@ def test_sink_killed_mid_batch_loses_and_doubles_nothing(bootstrap: str, tmp_pat
     log = tmp_path / "sink.log"
     sink = _start_sink(settings, log)
     try:
-        _poll("the sink answering queries", lambda: _count(settings, "SELECT count() AS n FROM "
+        poll("the sink answering queries", lambda: _count(settings, "SELECT count() AS n FROM "
                                                                      "enablex.webhook_events") >= 0, 60, log)
 
         async def produce(start: int, stop: int) -> None:
@@ -83,7 +72,7 @@ def test_sink_killed_mid_batch_loses_and_doubles_nothing(bootstrap: str, tmp_pat
                 await producer.stop()
 
         asyncio.run(produce(0, EVENTS // 2))
-        _poll("the first rows", lambda: _count(settings, "SELECT count() AS n FROM enablex.webhook_events") > 0,
+        poll("the first rows", lambda: _count(settings, "SELECT count() AS n FROM enablex.webhook_events") > 0,
               60, log)
         # the second half lands while the sink is running; it batches for about a second, so a kill right
         # after the produce hits it with a batch consumed but not yet inserted and committed
@@ -91,7 +80,7 @@ def test_sink_killed_mid_batch_loses_and_doubles_nothing(bootstrap: str, tmp_pat
         sink.send_signal(signal.SIGKILL)
         sink.wait(timeout=30)
         sink = _start_sink(settings, log)
-        _poll("every event in ClickHouse", lambda: _count(
+        poll("every event in ClickHouse", lambda: _count(
             settings, "SELECT count() AS n FROM enablex.webhook_events FINAL") == EVENTS, 120, log)
         assert _count(settings, "SELECT uniqExact(event_id) AS n FROM enablex.webhook_events") == EVENTS
         assert _count(settings, "SELECT count() AS n FROM enablex.session_files FINAL") == EVENTS
