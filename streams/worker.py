@@ -21,10 +21,14 @@ ROLES = ("processor", "sink")
 
 def parse_roles(text: str) -> frozenset[str]:
     """``"processor,sink"`` -> the set of roles; a clear ValueError for anything else."""
-    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
-    unknown = roles - set(ROLES)
-    if unknown or not roles:
-        raise ValueError(f"--roles takes a comma-separated list of {', '.join(ROLES)}; got {text!r}")
+    roles = frozenset(r.strip().lower() for r in text.split(",") if r.strip())
+    unknown = sorted(roles - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+                         f"--roles {text!r}: use a comma-separated list of {', '.join(ROLES)} "
+                         f"(e.g. --roles processor,sink)")
+    if not roles:
+        raise ValueError(f"--roles is empty: name at least one of {', '.join(ROLES)} (e.g. --roles processor,sink)")
     return roles
 
 
@@ -43,6 +47,7 @@ def _provision(settings: Settings) -> None:
 def _sink_alone(settings: Settings) -> int:
     from streams.sink.clickhouse import ClickHouseError
     from streams.sink.consumer import run_sink
+    from streams.sink.migrations import MigrationError
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -53,7 +58,7 @@ def _sink_alone(settings: Settings) -> int:
 
     try:
         asyncio.run(main())
-    except ClickHouseError as exc:
+    except (ClickHouseError, MigrationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
