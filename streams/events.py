@@ -5,7 +5,8 @@ Both documented shapes are accepted (see ``../shared/seeds``): file lists as URL
 ``files``; ``stage`` and ``file_size`` as strings or numbers; ``trans_date`` as Unix seconds or
 milliseconds (number or numeric string), as ``YYYY-MM-DD HH:MM:SS`` or as ISO 8601, all UTC. Unknown
 fields stay in the raw body, an unknown ``type`` is kept with its type string. A body that is not JSON
-(the seeds' typographic quotes included) is rejected, never repaired.
+(the seeds' typographic quotes included) is rejected, never repaired; so is one that escapes a lone UTF-16
+surrogate (valid JSON, but no text: it could not be stored).
 """
 
 from __future__ import annotations
@@ -171,6 +172,12 @@ def parse_body(body: bytes) -> dict:
         raise Rejection("not_json", f"{getattr(exc, 'msg', 'too deeply nested')}{hint}") from None
     if not isinstance(payload, dict):
         raise Rejection("not_object", f"the body is JSON but a {type(payload).__name__}, not an object")
+    try:
+        canonical_json(payload).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON lets "\ud800" through, but a lone surrogate is no character: it cannot be stored as text
+        raise Rejection("bad_unicode", f"the body escapes a lone UTF-16 surrogate ({exc.object[exc.start]!r}), "
+                                       f"which is not a Unicode character") from None
     return payload
 
 

@@ -43,6 +43,7 @@ ACCEPTED = [
 REJECTED = [
     ("{“type”: “roomdrop”, “app_id”: “a”, “conf_num”: “1”}".encode(), "not_json"),
     (b"[1, 2]", "not_object"),
+    (b'{"type": "roomdrop", "app_id": "\\ud800", "conf_num": "1"}', "bad_unicode"),  # found by the fuzz test
     (b'{"app_id": "a", "conf_num": "1"}', "missing_field"),
     (b'{"type": "roomdrop", "conf_num": "1"}', "missing_field"),
     (b'{"type": "recording", "app_id": "a"}', "missing_field"),
