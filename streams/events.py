@@ -1,12 +1,12 @@
 """Payload normalisation: the bytes EnableX posts in, a ``WebhookEvent`` or a :class:`Rejection` out. Pure.
 
-Both documented shapes are accepted (see ``../shared/seeds``): file lists as URL strings, as
-``{"url": ...}`` objects or as a single URL string, under ``recording``, ``transcoded``, ``chatdata`` and
-``files``; ``stage`` and ``file_size`` as strings or numbers; ``trans_date`` as Unix seconds or
-milliseconds (number or numeric string), as ``YYYY-MM-DD HH:MM:SS`` or as ISO 8601, all UTC. Unknown
-fields stay in the raw body, an unknown ``type`` is kept with its type string. A body that is not JSON
-(the seeds' typographic quotes included) is rejected, never repaired; so is one that escapes a lone UTF-16
-surrogate (valid JSON, but no text: it could not be stored).
+Both documented shapes are accepted (``tests/data/seeds``, the source documents kept verbatim): file
+lists as URL strings, as ``{"url": ...}`` objects or as a single URL string, under ``recording``,
+``transcoded``, ``chatdata`` and ``files``; ``stage`` and ``file_size`` as strings or numbers;
+``trans_date`` as Unix seconds or milliseconds (number or numeric string), as ``YYYY-MM-DD HH:MM:SS`` or
+as ISO 8601, all UTC. Unknown fields stay in the raw body, an unknown ``type`` is kept with its type
+string. A body that is not JSON (the seeds' typographic quotes included) is rejected, never repaired; so
+is one that escapes a lone UTF-16 surrogate (valid JSON, but no text: it could not be stored).
 """
 
 from __future__ import annotations

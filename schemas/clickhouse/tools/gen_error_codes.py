@@ -2,7 +2,7 @@
 import re, sys
 from pathlib import Path
 
-SEED = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[3].parent / "shared" / "seeds" / "003_951e7e4425c9114a.txt"
+SEED = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[3] / "tests" / "data" / "seeds" / "003_951e7e4425c9114a.txt"
 HEADER = re.compile(r"^(Code\s*Description|Error\s*Description)$")
 ROW = re.compile(r"^(\d{4})\s*(\S.*?)\s*$")
 GENERIC = {"Error Codes / Exceptions", "Error Codes"}
