@@ -48,6 +48,7 @@ from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, 
 log = logging.getLogger("streams.processor")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 SWEEP_INTERVAL_S = 2.0
+STALL_WARN_S = 15.0  # no record processed for this long while records wait: warn with the consumer's state
 REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop after a rebalance
 
 
@@ -111,6 +112,27 @@ def exact_changelog_flush(app: faust.App) -> None:
     buffer.flush = flush  # type: ignore[method-assign]
 
 
+def consumer_state(app: faust.App) -> str:
+    """What faust's consumer says about its flow, for a warning (private attributes, read defensively)."""
+    consumer = app.consumer
+    parts = []
+    for name in ("flow_active", "_active_partitions", "_paused_partitions", "_buffered_partitions"):
+        value = getattr(consumer, name, "?")
+        if isinstance(value, set):
+            value = sorted(f"{tp.topic.rsplit('.', 1)[-1]}:{tp.partition}" for tp in value)
+        parts.append(f"{name.strip('_')}={value}")
+    parts.append(f"flow_control={'active' if app.flow_control.is_active() else 'suspended'}")
+    try:
+        inner = consumer._thread._ensure_consumer()  # aiokafka's consumer
+        paused = inner._subscription.paused_partitions() if hasattr(inner._subscription, "paused_partitions") \
+            else "?"
+        parts.append(f"aiokafka_paused={sorted(f'{tp.topic.rsplit(chr(46), 1)[-1]}:{tp.partition}' for tp in paused)}"
+                     if paused != "?" else "aiokafka_paused=?")
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        parts.append(f"aiokafka=<{exc!r}>")
+    return ", ".join(parts)
+
+
 def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> faust.App:
     """The processor app for ``settings``; ``clock`` (Unix seconds) is the watch's wall clock."""
     clock = clock or default_clock()
@@ -165,9 +187,12 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             value = None if change.after is None else codec.encode("SessionState", change.after)
             await sessions_out.send(key=key, value=value)
 
+    progress = {"at": time.monotonic(), "warned_at": 0.0}
+
     @app.agent(app.topic(log_topic, command_topic(settings), **RAW))
     async def process(stream: faust.Stream) -> None:
         async for event in stream.events():
+            progress["at"] = time.monotonic()
             tp = event.message.tp
             key = event.key
             if tp.topic == log_topic:
@@ -260,6 +285,28 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         offsets = getattr(app.consumer, "_committed_offset", {})
         return offsets.get(TP(log_topic, partition))
 
+    def check_progress(assigned: set[int]) -> None:
+        """Warn, with the consumer's flow state, when records wait and nothing has been processed for a while."""
+        now = time.monotonic()
+        if now - progress["at"] < STALL_WARN_S or now - progress["warned_at"] < STALL_WARN_S:
+            return
+        behind: dict[int, int | str] = {}
+        for p in sorted(assigned):
+            end, position = highwater(p), clocks.position(p)
+            position = committed(p) if position is None else position
+            if end is None:
+                behind[p] = "end unknown: never fetched"
+            elif position is not None and end > position:
+                behind[p] = end - position
+        if behind:
+            progress["warned_at"] = now
+            try:
+                queued = process.channel.queue.qsize()
+            except Exception:  # noqa: BLE001 - diagnostics only
+                queued = "?"
+            log.warning("no record processed for %.0f s while partitions %s wait (agent queue %s; %s)",
+                        now - progress["at"], behind, queued, consumer_state(app))
+
     @app.timer(interval=SWEEP_INTERVAL_S)
     async def watch() -> None:
         if app.in_recovery:
@@ -270,6 +317,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             return
         if not assigned:
             return
+        check_progress(assigned)
         if reindex["needed"] and not await rebuild_index(assigned):
             return
         resend.prune()

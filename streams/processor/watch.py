@@ -54,6 +54,10 @@ class PartitionClock:
             self._log_ms[partition] = max(self._log_ms.get(partition, received_at_ms), received_at_ms)
         self._next_offset[partition] = max(self._next_offset.get(partition, 0), offset + 1)
 
+    def position(self, partition: int) -> int | None:
+        """The next offset of ``partition`` this worker will process (None: it has processed none)."""
+        return self._next_offset.get(partition)
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions revoked from this worker: what it knew of them is stale when they come back."""
         for partition in partitions:
