@@ -149,6 +149,11 @@ class BrokerStatus:
         return f"stopped  bootstrap={self.bootstrap}  kafka={self.version}  log={self.log}"
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, base64url without padding (as kafka-storage random-uuid)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
 class LocalKafka:
     """One single-node KRaft broker whose files live in ``<data_dir>/kafka``."""
 
@@ -240,10 +245,12 @@ class LocalKafka:
     def _format_storage(self, java: str, lib: Path) -> None:
         if (self.storage / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         for _attempt in range(2):  # one retry: the tool is a one-shot JVM, which can fail to start transiently
             proc = subprocess.run(
-                [java, "-cp", self._classpath(lib), STORAGE_TOOL, "format", "-t", cluster_id,
+                # "--cluster-id=<id>": an id may start with "-" (base64url), which a separate argument would
+                # turn into an unknown option (one start in 64 failed so)
+                [java, "-cp", self._classpath(lib), STORAGE_TOOL, "format", f"--cluster-id={cluster_id}",
                  "-c", str(self.config_file), "--ignore-formatted"],
                 capture_output=True, text=True,
             )

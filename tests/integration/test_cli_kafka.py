@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from streams import config
 from streams.broker.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,3 +46,19 @@ def test_missing_java_is_said_plainly(tmp_path: Path) -> None:
     result = cli("kafka", "start", "--data-dir", str(tmp_path), "--port", str(free_port()), env=env)
     assert result.returncode == 1
     assert "Java is not installed" in result.stderr
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """base64url ids start with "-" one time in 64; passed as a separate argument, the storage tool took such
+    an id for an option and the first start failed (seen in a CI-like loop)."""
+    from streams.broker import local
+
+    real = local.new_cluster_id
+    monkeypatch.setattr(local, "new_cluster_id", lambda: "-" + real()[1:])
+    broker = local.LocalKafka(tmp_path, config.default_cache_dir(), port=local.free_port())
+    broker.home.mkdir(parents=True)
+    broker.storage.mkdir(parents=True)
+    broker._write_config(local.free_port())
+    broker._format_storage(broker._java(), local.resolve_jars(config.default_cache_dir(), echo=lambda _m: None))
+    assert "cluster.id=-" in (broker.storage / "meta.properties").read_text()
