@@ -43,12 +43,13 @@ from faust.types import TP
 from streams.avro import default_codec
 from streams.config import Settings
 from streams.processor import rules
+from streams.processor.gaps import Continuity, LogReader
 from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
 
 log = logging.getLogger("streams.processor")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 SWEEP_INTERVAL_S = 2.0
-STALL_WARN_S = 15.0  # no record processed for this long while records wait: warn with the consumer's state
+STALL_WARN_S = 10.0  # a partition with records waiting that delivered nothing for this long is put back on
 REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop after a rebalance
 
 
@@ -187,46 +188,79 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             value = None if change.after is None else codec.encode("SessionState", change.after)
             await sessions_out.send(key=key, value=value)
 
-    progress = {"at": time.monotonic(), "warned_at": 0.0}
+    partition_heard: dict[int, float] = {}  # webhook partition -> when the agent last received from it
+    continuity = Continuity()
+    reader = LogReader(settings.kafka_bootstrap, log_topic)
+
+    async def apply(name: str, key: bytes, partition: int, change: rules.Transition) -> None:
+        write(name, change)
+        index.set(name, partition, next_due(change.after, retention_s))
+        await publish(key, change)
+
+    async def on_webhook(partition: int, offset: int, key: bytes | None, value: bytes) -> None:
+        try:
+            record = codec.decode(value, "WebhookEvent")
+        except Exception as exc:  # noqa: BLE001 - a record we cannot read must not stop the log
+            log.warning("skipping an undecodable record at %s[%d] offset %d: %s", log_topic, partition, offset, exc)
+            clocks.saw(partition, None, offset)
+            return
+        clocks.saw(partition, record["received_at"], offset)
+        if not key or record.get("conf_num") is None:
+            return  # not a session event: kept in the log and ClickHouse, no session state
+        name = key.decode()
+        await apply(name, key, partition, rules.on_event(parts_of(name), record, sla_s))
+
+    async def fill(tp: TP, holes: range) -> None:
+        """Process the records faust never delivered (gaps.py), then let its commit pass them."""
+        log.warning("%s[%d] offsets %d..%d never reached the agent (dropped by faust around a rebalance): "
+                    "reading them back", tp.topic, tp.partition, holes.start, holes.stop - 1)
+        for r in await reader.read(tp.partition, holes):
+            await on_webhook(tp.partition, r.offset, r.key, r.value)
+        consumer = app.consumer
+        committed_at = consumer._committed_offset.get(tp)
+        acked, acked_index = consumer._acked[tp], consumer._acked_index[tp]
+        for offset in holes:
+            if offset not in acked_index and (committed_at is None or offset >= committed_at):
+                acked_index.add(offset)
+                acked.append(offset)
 
     @app.agent(app.topic(log_topic, command_topic(settings), **RAW))
     async def process(stream: faust.Stream) -> None:
         async for event in stream.events():
-            progress["at"] = time.monotonic()
-            tp = event.message.tp
-            key = event.key
+            message = event.message
+            tp, key = message.tp, event.key
             if tp.topic == log_topic:
-                try:
-                    record = codec.decode(event.value, "WebhookEvent")
-                except Exception as exc:  # noqa: BLE001 - a record we cannot read must not stop the log
-                    log.warning("skipping an undecodable record at %s offset %s: %s", tp, event.message.offset, exc)
-                    clocks.saw(tp.partition, None, event.message.offset)
-                    continue
-                clocks.saw(tp.partition, record["received_at"], event.message.offset)
-                if not key or record.get("conf_num") is None:
-                    continue  # not a session event: kept in the log and ClickHouse, no session state
-                name = key.decode()
-                change = rules.on_event(parts_of(name), record, sla_s)
-            else:
-                if not key:
-                    continue
-                name = key.decode()
-                try:
-                    command = json.loads(event.value)
-                    op, now = command["op"], int(command["now"])
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipping a malformed command for %s: %s", name, exc)
-                    continue
-                change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
-                if change.after is None and change.before is not None:
-                    log.info("session %s left the tables after its retention", name)
-            write(name, change)
-            index.set(name, tp.partition, next_due(change.after, retention_s))
-            await publish(key, change)
+                partition_heard[tp.partition] = time.monotonic()
+                holes = continuity.missing(tp.partition, message.offset, committed(tp.partition))
+                if holes:
+                    await fill(tp, holes)
+                await on_webhook(tp.partition, message.offset, key, event.value)
+                continue
+            if not key:
+                continue
+            name = key.decode()
+            try:
+                command = json.loads(event.value)
+                op, now = command["op"], int(command["now"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping a malformed command for %s: %s", name, exc)
+                continue
+            change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
+            if change.after is None and change.before is not None:
+                log.info("session %s left the tables after its retention", name)
+            await apply(name, key, tp.partition, change)
+
+    @app.on_before_shutdown.connect
+    async def close_reader(_app: faust.App, **_kwargs: Any) -> None:
+        await reader.close()
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
         clocks.forget(tp.partition for tp in revoked if tp.topic == log_topic)
+        continuity.forget(tp.partition for tp in revoked if tp.topic == log_topic)
+        for tp in revoked:
+            if tp.topic == log_topic:
+                partition_heard.pop(tp.partition, None)
         reindex["generation"] += 1
         reindex["needed"] = True
         index.clear()
@@ -285,27 +319,31 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         offsets = getattr(app.consumer, "_committed_offset", {})
         return offsets.get(TP(log_topic, partition))
 
-    def check_progress(assigned: set[int]) -> None:
-        """Warn, with the consumer's flow state, when records wait and nothing has been processed for a while."""
+    async def check_progress(assigned: set[int]) -> None:
+        """A partition with records waiting that has delivered nothing for STALL_WARN_S: say so with faust's
+        consumer state, and put the consumer back on it (resume it and seek to where this worker stands:
+        what it processed, else the group's committed offset, else the start). Re-reading is harmless:
+        merging is idempotent. faust-streaming 0.15.3 can leave a partition taken over in a rebalance
+        unfetched for good (the worker-kill fault test found it); this is the remedy."""
         now = time.monotonic()
-        if now - progress["at"] < STALL_WARN_S or now - progress["warned_at"] < STALL_WARN_S:
-            return
-        behind: dict[int, int | str] = {}
         for p in sorted(assigned):
+            heard = partition_heard.setdefault(p, now)  # a partition just assigned gets its grace period
+            if now - heard < STALL_WARN_S:
+                continue
             end, position = highwater(p), clocks.position(p)
-            position = committed(p) if position is None else position
-            if end is None:
-                behind[p] = "end unknown: never fetched"
-            elif position is not None and end > position:
-                behind[p] = end - position
-        if behind:
-            progress["warned_at"] = now
+            position = position if position is not None else (committed(p) or 0)
+            if end is not None and end <= position:
+                continue
+            partition_heard[p] = now
+            waiting = "end unknown: never fetched" if end is None else f"{end - position} records"
+            log.warning("%s[%d]: nothing received for %.0f s while %s wait; seeking it to %d (%s)", log_topic, p,
+                        now - heard, waiting, position, consumer_state(app))
+            tp = TP(log_topic, p)
+            app.consumer.resume_partitions({tp})
             try:
-                queued = process.channel.queue.qsize()
-            except Exception:  # noqa: BLE001 - diagnostics only
-                queued = "?"
-            log.warning("no record processed for %.0f s while partitions %s wait (agent queue %s; %s)",
-                        now - progress["at"], behind, queued, consumer_state(app))
+                await app.consumer.seek(tp, position)
+            except Exception as exc:  # noqa: BLE001 - tried again after the next grace period
+                log.warning("seeking %s[%d] failed: %r", log_topic, p, exc)
 
     @app.timer(interval=SWEEP_INTERVAL_S)
     async def watch() -> None:
@@ -317,7 +355,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             return
         if not assigned:
             return
-        check_progress(assigned)
+        await check_progress(assigned)
         if reindex["needed"] and not await rebuild_index(assigned):
             return
         resend.prune()
