@@ -15,6 +15,10 @@
 - The SLA watch (watch.py) runs on every worker every ``SWEEP_INTERVAL_S`` and decides stalls and
   expiries for the sessions of its own active partitions; its commands reach the owning agent through
   the command topic, and the agent re-judges and applies them.
+- Two guards against faust-streaming 0.15.3 losing webhook records around a rebalance (both found by the
+  worker-kill fault test, both logged when they act): the agent checks that it receives every offset of
+  the log and reads a missing run back itself (gaps.py); the watch puts a partition that delivers nothing
+  while records wait back on the consumer (``check_progress``).
 
 Guarantees: at-least-once with idempotent effects. Offsets are committed after the changelog, snapshot
 and alert records of what was processed are flushed; a worker killed between the two re-processes
