@@ -1,0 +1,110 @@
+"""Durable ingest throughput and p99, beside a bare aiohttp handler on the same machine.
+
+Both servers get the same client (aiohttp, in this process) and the same realistic bodies (both payload
+shapes, from ``enx-streams simulate``'s generator): first closed-loop at full concurrency for the maximum
+rate, then open-loop at half of ingest's maximum for the latency (measured from each request's scheduled
+time, so queueing counts), on ingest and, for reference, on the bare handler."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import Process, fresh_settings, percentile, wait_for
+from streams.broker.local import free_port
+from streams.simulate import generate
+
+CONCURRENCY = 64
+
+
+def bodies(n: int = 4000) -> list[bytes]:
+    plan = generate(n // 4, seed=7, duplicates=0.0, out_of_order=0.0, stalled=0.1, now_s=time.time())
+    return [d[0] for d in plan]
+
+
+async def _closed_loop(url: str, payloads: list[bytes], seconds: float) -> float:
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def client(session: aiohttp.ClientSession, offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.monotonic() < stop_at:
+            async with session.post(url, data=payloads[i % len(payloads)],
+                                    headers={"Content-Type": "application/json"}) as response:
+                await response.read()
+                if response.status == 202:
+                    done += 1
+            i += CONCURRENCY
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
+        await asyncio.gather(*(client(session, k) for k in range(CONCURRENCY)))
+    return done / (time.monotonic() - started)
+
+
+async def _open_loop(url: str, payloads: list[bytes], rate: float, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    failures = 0
+    n = int(rate * seconds)
+
+    async def one(session: aiohttp.ClientSession, i: int, at: float) -> None:
+        nonlocal failures
+        await asyncio.sleep(max(0.0, at - time.monotonic()))  # the request's scheduled time (open loop)
+        async with session.post(url, data=payloads[i % len(payloads)],
+                                headers={"Content-Type": "application/json"}) as response:
+            await response.read()
+            if response.status != 202:
+                failures += 1
+        latencies.append(time.monotonic() - at)
+
+    start = time.monotonic() + 0.5
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
+        await asyncio.gather(*(one(session, i, start + i / rate) for i in range(n)))
+    return latencies, failures
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200
+    except OSError:
+        return False
+
+
+def run(bootstrap: str, work: Path, seconds: float = 10.0) -> dict[str, float]:
+    payloads = bodies()
+    settings = fresh_settings(bootstrap, work)
+    ingest = Process(settings, ["ingest"], work / "logs" / "bench-ingest.log")
+    import subprocess
+
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_http", str(bare_port)],
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        wait_for("ingest /healthz", lambda: _healthy(settings.ingest_port), 60)
+        wait_for("bare /healthz", lambda: _healthy(bare_port), 30)
+        ingest_url = f"http://127.0.0.1:{settings.ingest_port}/webhooks/enablex"
+        bare_url = f"http://127.0.0.1:{bare_port}/webhooks/enablex"
+        asyncio.run(_closed_loop(ingest_url, payloads, 2))  # warm up: connections, producer batches
+        ingest_rps = asyncio.run(_closed_loop(ingest_url, payloads, seconds))
+        asyncio.run(_closed_loop(bare_url, payloads, 2))
+        bare_rps = asyncio.run(_closed_loop(bare_url, payloads, seconds))
+        latencies, failures = asyncio.run(_open_loop(ingest_url, payloads, ingest_rps / 2, seconds))
+        # the same open-loop load on the bare handler: what the client and the machine add on their own
+        bare_latencies, _ = asyncio.run(_open_loop(bare_url, payloads, ingest_rps / 2, seconds))
+        ingest.check()
+    finally:
+        ingest.stop()
+        bare.terminate()
+        bare.wait(timeout=30)
+    return {"ingest_rps": round(ingest_rps, 1), "bare_http_rps": round(bare_rps, 1),
+            "ingest_vs_bare_ratio": round(ingest_rps / bare_rps, 3),
+            "ingest_p99_ms": round(percentile(latencies, 99) * 1000, 1),
+            "ingest_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+            "ingest_half_load_rps": round(ingest_rps / 2, 1), "ingest_half_load_failures": failures,
+            "bare_p99_ms_same_load": round(percentile(bare_latencies, 99) * 1000, 1)}

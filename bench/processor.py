@@ -1,0 +1,74 @@
+"""Processor events per second through the tables, beside raw aiokafka consume and decode.
+
+A log of N webhook events (four per session, every composite within its SLA) is produced once. The raw
+figure is one aiokafka consumer reading and Avro-decoding all of it. The processor figure is one real
+``enx-streams worker --roles processor`` (a new consumer group) working through the same log: the rate
+at which its committed offsets advance, from its first commit to the end (start-up excluded)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.common import Process, fresh_settings, group_lag, produce_all, session_log
+from streams.avro import default_codec
+from streams.config import Settings
+from streams.rebuild import processor_group
+
+
+async def raw_consume_eps(settings: Settings, expect: int) -> float:
+    codec = default_codec()
+    topic = settings.topic("webhooks")
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        n = 0
+        started = time.monotonic()
+        while n < expect:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    codec.decode(r.value, "WebhookEvent")
+                n += len(records)
+        return n / (time.monotonic() - started)
+    finally:
+        await consumer.stop()
+
+
+def processor_eps(settings: Settings, expect: int, work: Path, timeout_s: float = 1800) -> tuple[float, float]:
+    """(events per second, seconds from the worker's start to its first commit)."""
+    worker = Process(settings, ["worker", "--roles", "processor"], work / "logs" / "bench-processor.log")
+    topic, group = settings.topic("webhooks"), processor_group(settings)
+    started = time.monotonic()
+    first: tuple[float, int] | None = None
+    try:
+        deadline = started + timeout_s
+        while time.monotonic() < deadline:
+            worker.check()
+            lag = asyncio.run(group_lag(settings.kafka_bootstrap, group, topic, settings.partitions))
+            now = time.monotonic()
+            if lag is not None and first is None:
+                first = (now, lag)
+            if lag == 0 and first is not None:
+                done = first[1]  # what was left at the first commit has been processed since
+                return (done / (now - first[0]) if now > first[0] and done else float("nan")), first[0] - started
+            time.sleep(0.5)  # progress poll interval
+        raise TimeoutError(f"the processor did not finish {expect} events within {timeout_s} s")
+    finally:
+        worker.stop()
+
+
+def run(bootstrap: str, work: Path, events: int = 200_000) -> dict[str, float]:
+    settings = fresh_settings(bootstrap, work)
+    n = asyncio.run(produce_all(settings, session_log(events // 4, int(time.time() * 1000) - 86_400_000)))
+    raw = asyncio.run(raw_consume_eps(settings, n))
+    eps, startup = processor_eps(settings, n, work)
+    return {"processor_eps": round(eps, 1), "raw_consume_eps": round(raw, 1),
+            "processor_vs_raw_ratio": round(eps / raw, 3), "processor_events": n,
+            "processor_startup_s": round(startup, 1)}
