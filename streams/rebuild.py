@@ -8,9 +8,10 @@ the sessions topic and the ClickHouse tables are projections. A rebuild:
 2. empties the ClickHouse projection tables (the error-code catalogue and the migrations log stay);
 3. deletes the processor's state (its consumer group, table changelogs and command topic) and recreates
    the compacted sessions topic, and deletes the sink's consumer group;
-4. runs the real worker (processor and sink, ``enx-streams worker``) over the whole log at full speed,
-   showing progress, until the processor has consumed every webhook that was in the log when the rebuild
-   started and the sink has committed everything the processor wrote; then stops it.
+4. runs the real workers (``enx-streams worker``: the sink and the processor, each in a process of its
+   own) over the whole log at full speed, showing progress, until the processor has consumed every webhook
+   that was in the log when the rebuild started and the sink has committed everything the processor
+   wrote; then stops them.
 
 Because the processor judges every session by event time (the log's own time while it is behind), the
 replay raises exactly the alerts the live run raised, with the same ids, and ClickHouse ends up equal to
@@ -210,12 +211,16 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
     except RebuildError as exc:
         echo(f"error: {exc}")
         return 1
-    log_path = settings.data_dir / "logs" / "rebuild-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", "processor,sink"],
-                                  env=child_env(settings), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # the sink (owner of the embedded ClickHouse) and the processor in processes of their own: each gets a
+    # core instead of sharing one event loop
+    workers: dict[str, subprocess.Popen] = {}
+    for role in ("sink", "processor"):
+        with open(logs / f"rebuild-{role}.log", "ab") as log:
+            workers[role] = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", role],
+                                             env=child_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
     code = 0
     try:
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -226,8 +231,10 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
             stable_since: float | None = None
             last: Progress | None = None
             while True:
-                if worker.poll() is not None:
-                    raise RebuildError(f"the worker exited with code {worker.returncode}; see {log_path}")
+                for role, worker in workers.items():
+                    if worker.poll() is not None:
+                        raise RebuildError(f"the {role} worker exited with code {worker.returncode}; see "
+                                           f"{logs / f'rebuild-{role}.log'}")
                 now = asyncio.run(progress(settings, total))
                 bar.update(replay, completed=now.processed if now.total else 1)
                 bar.update(sinking, completed=now.sunk, total=max(now.to_sink, 1))
@@ -241,15 +248,17 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
                     stable_since = None
                 last = now
                 if time.monotonic() > deadline:
-                    raise RebuildError(f"the rebuild did not finish within {timeout_s:.0f} s; see {log_path}")
+                    raise RebuildError(f"the rebuild did not finish within {timeout_s:.0f} s; see {logs}/rebuild-*.log")
                 time.sleep(0.5)  # progress poll interval
         echo(f"rebuilt from {sum(total.values())} webhook events")
     except RebuildError as exc:
         echo(f"error: {exc}")
         code = 1
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
+        for worker in workers.values():
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers.values():
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
