@@ -48,12 +48,14 @@ from streams.avro import default_codec
 from streams.config import Settings
 from streams.processor import rules
 from streams.processor.gaps import Continuity, LogReader
+from streams.processor.output import Output
 from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
 
 log = logging.getLogger("streams.processor")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 SWEEP_INTERVAL_S = 2.0
 STALL_WARN_S = 10.0  # a partition with records waiting that delivered nothing for this long is put back on
+PRODUCER_LINGER_S = 0.02  # records produced within 20 ms share a produce request (0: one request each)
 REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop after a rebalance
 
 
@@ -160,11 +162,11 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         producer_acks=-1,
+        producer_linger=PRODUCER_LINGER_S,
     )
     exact_changelog_flush(app)
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
-    sessions_out = app.topic(settings.topic("sessions"), partitions=settings.partitions, **RAW)
-    alerts_out = app.topic(settings.topic("alerts"), partitions=settings.partitions, **RAW)
+    sessions_topic, alerts_topic = settings.topic("sessions"), settings.topic("alerts")
     tables = {name: app.Table(name, default=None, partitions=settings.partitions,
                               help=f"session parts: {name}") for name in rules.TABLES}
     clocks = PartitionClock(clock)
@@ -173,33 +175,46 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     # the index is rebuilt from the tables after every rebalance (tables restored from changelogs)
     reindex = {"needed": True, "generation": 0}
 
-    def parts_of(name: str) -> dict[str, dict | None]:
-        return {t: tables[t].get(name) for t in rules.TABLES}
+    output = Output(app)
+    serializers = app.serializers
 
-    def write(name: str, change: rules.Transition) -> None:
+    def parts_of(name: str) -> dict[str, dict | None]:
+        # the stores themselves: the tables' own get() adds sensors and key lookups per call
+        return {t: tables[t].data.get(name) for t in rules.TABLES}
+
+    def write(name: str, partition: int, change: rules.Transition) -> None:
+        """The parts into the stores, and held for their changelogs (the event's partition, as faust's
+        table write does), which output.py sends after this event's snapshot and alerts."""
         for t, part in change.writes.items():
+            table = tables[t]
+            store = table.data
             if part is None:
-                if name in tables[t]:
-                    del tables[t][name]
+                if name not in store:
+                    continue
+                del store[name]
+                value = None
             else:
-                tables[t][name] = part
+                store[name] = part
+                value = serializers.dumps_value(table.value_type, part, serializer=table.value_serializer)
+            key = serializers.dumps_key(table.key_type, name, serializer=table.key_serializer)
+            output.hold(table.changelog_topic.get_topic_name(), partition, key, value)
 
     async def publish(key: bytes, change: rules.Transition) -> None:
         for alert in change.alerts:
-            await alerts_out.send(key=key, value=codec.encode("SlaAlert", alert))
+            await output.send(alerts_topic, key, codec.encode("SlaAlert", alert))
             log.info("alert %s for %s (deadline %s)", alert["kind"], key.decode(), alert["deadline"])
         if change.changed:
             value = None if change.after is None else codec.encode("SessionState", change.after)
-            await sessions_out.send(key=key, value=value)
+            await output.send(sessions_topic, key, value)
 
     partition_heard: dict[int, float] = {}  # webhook partition -> when the agent last received from it
     continuity = Continuity()
     reader = LogReader(settings.kafka_bootstrap, log_topic)
 
     async def apply(name: str, key: bytes, partition: int, change: rules.Transition) -> None:
-        write(name, change)
-        index.set(name, partition, next_due(change.after, retention_s))
         await publish(key, change)
+        write(name, partition, change)
+        index.set(name, partition, next_due(change.after, retention_s))
 
     async def on_webhook(partition: int, offset: int, key: bytes | None, value: bytes) -> None:
         try:
