@@ -124,7 +124,7 @@ def run(bootstrap: str, work: Path, events: int = 1000, rate: float = 50.0, stal
     code = rebuild.run(settings, echo=lambda _m: None, quiet_s=1.0)
     took = time.monotonic() - started - 1.0
     if code != 0:
-        raise RuntimeError(f"rebuild failed; see {settings.data_dir / 'logs' / 'rebuild-worker.log'}")
+        raise RuntimeError(f"rebuild failed; see {settings.data_dir / 'logs'}/rebuild-*.log")
     return {"e2e_p99_s": round(percentile(latencies, 99), 2), "e2e_p50_s": round(percentile(latencies, 50), 2),
             "e2e_events": events, "e2e_rate_per_s": rate,
             "alert_lag_max_s": round(max(lags), 2), "alert_lag_min_s": round(min(lags), 2),

@@ -227,11 +227,14 @@ def dev(settings: config.Settings) -> None:
 
 @app.command("rebuild")
 @with_settings
-def rebuild(settings: config.Settings) -> None:
+def rebuild(settings: config.Settings,
+            processors: Annotated[Optional[int], typer.Option(
+                "--processors", min=1, help="processor workers replaying the log in parallel "
+                "[default: one per CPU, at most one per partition]")] = None) -> None:
     """Recompute the projections (state tables, sessions topic, ClickHouse tables) from the event log."""
     from streams.rebuild import run
 
-    raise typer.Exit(run(settings, echo=typer.echo))
+    raise typer.Exit(run(settings, echo=typer.echo, processors=processors))
 
 
 # -- settings ---------------------------------------------------------------------------------------

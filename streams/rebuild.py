@@ -8,8 +8,8 @@ the sessions topic and the ClickHouse tables are projections. A rebuild:
 2. empties the ClickHouse projection tables (the error-code catalogue and the migrations log stay);
 3. deletes the processor's state (its consumer group, table changelogs and command topic) and recreates
    the compacted sessions topic, and deletes the sink's consumer group;
-4. runs the real workers (``enx-streams worker``: the sink and the processor, each in a process of its
-   own) over the whole log at full speed, showing progress, until the processor has consumed every webhook
+4. runs the real workers (``enx-streams worker``: the sink, and one processor per CPU sharing the log's
+   partitions, each in a process of its own; ``--processors N`` to choose) over the whole log at full speed, showing progress, until the processor has consumed every webhook
    that was in the log when the rebuild started and the sink has committed everything the processor
    wrote; then stops them.
 
@@ -21,6 +21,7 @@ the live projection. Alerts already in the alerts log are re-sunk too; their ids
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -197,9 +198,15 @@ def reset_clickhouse(settings: config.Settings, echo: Callable[[str], None]) -> 
 
 # -- the whole rebuild -----------------------------------------------------------------------------
 
+def default_processors(settings: config.Settings) -> int:
+    """One processor worker per CPU, at most one per partition (a worker without a partition idles)."""
+    return max(1, min(os.cpu_count() or 1, settings.partitions))
+
+
 def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_s: float = 3600.0,
-        quiet_s: float = 3.0) -> int:
-    """Reset the projections and replay the log through the real worker, with a progress bar."""
+        quiet_s: float = 3.0, processors: int | None = None) -> int:
+    """Reset the projections and replay the log through the real workers (one sink, ``processors``
+    processors sharing the log's partitions), with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
     from streams.dev import child_env
@@ -213,12 +220,15 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
         return 1
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    # the sink (owner of the embedded ClickHouse) and the processor in processes of their own: each gets a
-    # core instead of sharing one event loop
+    # the sink (owner of the embedded ClickHouse) and the processors in processes of their own: a processor
+    # is bound to one core by its event loop, so the replay takes as many as there are cores
+    count = processors or default_processors(settings)
+    names = ["sink"] + (["processor"] if count == 1 else [f"processor-{i + 1}" for i in range(count)])
     workers: dict[str, subprocess.Popen] = {}
-    for role in ("sink", "processor"):
-        with open(logs / f"rebuild-{role}.log", "ab") as log:
-            workers[role] = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", role],
+    for name in names:
+        role = name.split("-")[0]
+        with open(logs / f"rebuild-{name}.log", "ab") as log:
+            workers[name] = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", role],
                                              env=child_env(settings), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
     code = 0
@@ -231,10 +241,10 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
             stable_since: float | None = None
             last: Progress | None = None
             while True:
-                for role, worker in workers.items():
+                for name, worker in workers.items():
                     if worker.poll() is not None:
-                        raise RebuildError(f"the {role} worker exited with code {worker.returncode}; see "
-                                           f"{logs / f'rebuild-{role}.log'}")
+                        raise RebuildError(f"the {name} worker exited with code {worker.returncode}; see "
+                                           f"{logs / f'rebuild-{name}.log'}")
                 now = asyncio.run(progress(settings, total))
                 bar.update(replay, completed=now.processed if now.total else 1)
                 bar.update(sinking, completed=now.sunk, total=max(now.to_sink, 1))
