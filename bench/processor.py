@@ -3,17 +3,24 @@
 A log of N webhook events (four per session, every composite within its SLA) is produced once. The raw
 figure is one aiokafka consumer reading and Avro-decoding all of it. The processor figure is one real
 ``enx-streams worker --roles processor`` (a new consumer group) working through the same log: the rate
-at which its committed offsets advance, from its first commit to the end (start-up excluded)."""
+at which its committed offsets advance, from its first commit to the end (start-up excluded). Beside
+them, the ceiling faust itself sets (bench/faust_bare.py: a faust agent that iterates the same log and
+does nothing), so that the processor's figure can be read against what its framework allows."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import Process, fresh_settings, group_lag, produce_all, session_log
+from bench.common import ROOT, Process, fresh_settings, group_lag, produce_all, session_log
 from streams.avro import default_codec
 from streams.config import Settings
 from streams.rebuild import processor_group
@@ -39,6 +46,19 @@ async def raw_consume_eps(settings: Settings, expect: int) -> float:
         return n / (time.monotonic() - started)
     finally:
         await consumer.stop()
+
+
+def faust_bare_eps(settings: Settings, expect: int, timeout_s: float = 600) -> float:
+    """Events per second of a faust agent that only iterates the log (its first event to its last)."""
+    env = {**os.environ, "BENCH_BOOTSTRAP": settings.kafka_bootstrap, "BENCH_TOPIC": settings.topic("webhooks"),
+           "BENCH_PARTITIONS": str(settings.partitions), "BENCH_EVENTS": str(expect),
+           "BENCH_APP_ID": f"bench-faust-bare-{uuid.uuid4().hex[:8]}"}
+    done = subprocess.run([sys.executable, "-m", "bench.faust_bare"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout_s)
+    found = re.search(r"faust_bare_eps=([0-9.]+)", done.stdout + done.stderr)
+    if found is None:
+        raise RuntimeError(f"bench.faust_bare printed no figure (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return float(found.group(1))
 
 
 def processor_eps(settings: Settings, expect: int, work: Path, timeout_s: float = 1800) -> tuple[float, float]:
@@ -68,7 +88,10 @@ def run(bootstrap: str, work: Path, events: int = 200_000) -> dict[str, float]:
     settings = fresh_settings(bootstrap, work)
     n = asyncio.run(produce_all(settings, session_log(events // 4, int(time.time() * 1000) - 86_400_000)))
     raw = asyncio.run(raw_consume_eps(settings, n))
+    bare = faust_bare_eps(settings, n)
     eps, startup = processor_eps(settings, n, work)
     return {"processor_eps": round(eps, 1), "raw_consume_eps": round(raw, 1),
             "processor_vs_raw_ratio": round(eps / raw, 3), "processor_events": n,
+            "faust_bare_eps": round(bare, 1), "faust_bare_vs_raw_ratio": round(bare / raw, 3),
+            "processor_vs_faust_bare_ratio": round(eps / bare, 3),
             "processor_startup_s": round(startup, 1)}
