@@ -20,6 +20,7 @@ from typing import Any
 SESSION_TYPES = frozenset({"roomdrop", "recording", "transcoded", "file-transfer", "chatdata"})
 FILE_KEYS = ("recording", "transcoded", "chatdata", "files")
 # Unix seconds below this are seconds, at or above it milliseconds (1e11 s is the year 5138).
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 MS_THRESHOLD = 100_000_000_000
 
 
@@ -57,13 +58,15 @@ def parse_trans_date(value: Any) -> int | None:
     if isinstance(value, bool):
         raise Rejection("bad_trans_date", f"trans_date must be a time, got {value!r}")
     if isinstance(value, (int, float)):
-        return _from_number(float(value))
+        return _from_number(value)
     if isinstance(value, str):
         text = value.strip()
         try:
-            return _from_number(float(text))
+            number = float(text)
         except ValueError:
             pass
+        else:
+            return _from_number(int(text) if text.isdigit() and len(text) <= 20 else number)  # digits: exact
         try:
             parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
@@ -71,15 +74,18 @@ def parse_trans_date(value: Any) -> int | None:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.timezone.utc)
         try:
-            return int(parsed.timestamp() * 1000)
+            # integer arithmetic: timestamp() * 1000 is a float, one millisecond early for some instants
+            return (parsed - EPOCH) // dt.timedelta(milliseconds=1)
         except (OverflowError, OSError, ValueError):
             raise Rejection("bad_trans_date", f"trans_date {value!r} is out of range") from None
     raise Rejection("bad_trans_date", f"trans_date must be a number or a string, got {type(value).__name__}")
 
 
-def _from_number(number: float) -> int:
-    if not math.isfinite(number) or number < 0 or number >= 1e16:
-        raise Rejection("bad_trans_date", f"trans_date {number!r} is not a plausible Unix time")
+def _from_number(number: int | float) -> int:
+    """Milliseconds from Unix seconds or milliseconds (told apart by size); an int is kept exact."""
+    if (isinstance(number, float) and not math.isfinite(number)) or number < 0 or number >= 10**16:
+        shown = number if isinstance(number, float) or number < 10**20 else f"an integer of {len(str(number))} digits"
+        raise Rejection("bad_trans_date", f"trans_date {shown} is not a plausible Unix time")
     return int(number) if number >= MS_THRESHOLD else int(round(number * 1000))
 
 
@@ -101,7 +107,7 @@ def _size(value: Any) -> int | None:
         raise Rejection("wrong_type", f"'file_size' must be a number of bytes, got {value!r}")
     try:
         size = int(str(value).strip()) if not isinstance(value, float) else int(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; or a float beyond any integer (1e400 reads as inf)
         raise Rejection("wrong_type", f"'file_size' must be a number of bytes, got {value!r}") from None
     if size < 0 or size >= 2**63:
         raise Rejection("wrong_type", f"'file_size' {value!r} is out of range")
@@ -159,6 +165,11 @@ def _destination(value: Any) -> dict | None:
     return {"name": fields["name"] or "", "host": fields["host"], "account": fields["account"]}
 
 
+def _no_constant(name: str) -> None:
+    # Python's json reads NaN, Infinity and -Infinity, which JSON (RFC 8259) does not have
+    raise Rejection("not_json", f"{name} is not a JSON value")
+
+
 def parse_body(body: bytes) -> dict:
     """The JSON object in ``body``, or a Rejection (not UTF-8, not JSON, not an object)."""
     try:
@@ -166,10 +177,14 @@ def parse_body(body: bytes) -> dict:
     except UnicodeDecodeError as exc:
         raise Rejection("not_utf8", f"the body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError) as exc:
         hint = " (typographic quotes are not JSON quotes)" if any(q in text for q in "“”‘’") else ""
         raise Rejection("not_json", f"{getattr(exc, 'msg', 'too deeply nested')}{hint}") from None
+    except Rejection:
+        raise
+    except ValueError as exc:  # Python's own limit on the digits of an integer
+        raise Rejection("not_json", f"a number in the body is too long to read ({exc})") from None
     if not isinstance(payload, dict):
         raise Rejection("not_object", f"the body is JSON but a {type(payload).__name__}, not an object")
     try:
