@@ -2,8 +2,10 @@
 
 Both servers get the same client (aiohttp, in this process) and the same realistic bodies (both payload
 shapes, from ``enx-streams simulate``'s generator): first closed-loop at full concurrency for the maximum
-rate, then open-loop at half of ingest's maximum for the latency (measured from each request's scheduled
-time, so queueing counts), on ingest and, for reference, on the bare handler."""
+rate (ingest and bare alternately, three pairs; the pair with the median ratio gives the figures), then
+open-loop at half of ingest's maximum for the latency (measured from each request's scheduled time, so
+queueing counts; three runs, the median run's p99 is the figure), on ingest and, for reference, on the
+bare handler. Every run is recorded."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from streams.broker.local import free_port
 from streams.simulate import generate
 
 CONCURRENCY = 64
+OPEN_RUNS = 3  # closed-loop pairs and open-loop runs; the median is the figure
 
 
 def bodies(n: int = 4000) -> list[bytes]:
@@ -91,10 +94,19 @@ def run(bootstrap: str, work: Path, seconds: float = 10.0) -> dict[str, float]:
         ingest_url = f"http://127.0.0.1:{settings.ingest_port}/webhooks/enablex"
         bare_url = f"http://127.0.0.1:{bare_port}/webhooks/enablex"
         asyncio.run(_closed_loop(ingest_url, payloads, 2))  # warm up: connections, producer batches
-        ingest_rps = asyncio.run(_closed_loop(ingest_url, payloads, seconds))
         asyncio.run(_closed_loop(bare_url, payloads, 2))
-        bare_rps = asyncio.run(_closed_loop(bare_url, payloads, seconds))
-        latencies, failures = asyncio.run(_open_loop(ingest_url, payloads, ingest_rps / 2, seconds))
+        # ingest and bare alternately, three times: a slow spell of the machine hits a pair, not one side;
+        # the pair with the median ratio gives the figures
+        pairs = [(asyncio.run(_closed_loop(ingest_url, payloads, seconds)),
+                  asyncio.run(_closed_loop(bare_url, payloads, seconds))) for _ in range(OPEN_RUNS)]
+        ingest_rps, bare_rps = sorted(pairs, key=lambda pair: pair[0] / pair[1])[OPEN_RUNS // 2]
+        # three open-loop runs: one stall of the machine (a JVM pause, another VM) of a quarter second
+        # holds up 1% of a run's requests and moves its p99 tenfold; the median run is the figure, every
+        # run is recorded
+        runs = [asyncio.run(_open_loop(ingest_url, payloads, ingest_rps / 2, seconds)) for _ in range(OPEN_RUNS)]
+        p99s = [percentile(latencies, 99) for latencies, _ in runs]
+        latencies = runs[sorted(range(OPEN_RUNS), key=p99s.__getitem__)[OPEN_RUNS // 2]][0]
+        failures = sum(f for _, f in runs)
         # the same open-loop load on the bare handler: what the client and the machine add on their own
         bare_latencies, _ = asyncio.run(_open_loop(bare_url, payloads, ingest_rps / 2, seconds))
         ingest.check()
@@ -106,5 +118,7 @@ def run(bootstrap: str, work: Path, seconds: float = 10.0) -> dict[str, float]:
             "ingest_vs_bare_ratio": round(ingest_rps / bare_rps, 3),
             "ingest_p99_ms": round(percentile(latencies, 99) * 1000, 1),
             "ingest_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+            "ingest_p99_ms_runs": [round(p * 1000, 1) for p in p99s],
+            "ingest_vs_bare_ratio_runs": [round(i / b, 3) for i, b in pairs],
             "ingest_half_load_rps": round(ingest_rps / 2, 1), "ingest_half_load_failures": failures,
             "bare_p99_ms_same_load": round(percentile(bare_latencies, 99) * 1000, 1)}

@@ -170,6 +170,9 @@ def _no_constant(name: str) -> None:
     raise Rejection("not_json", f"{name} is not a JSON value")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # built once: json.loads(..., **kwargs) builds one a call
+
+
 def parse_body(body: bytes) -> dict:
     """The JSON object in ``body``, or a Rejection (not UTF-8, not JSON, not an object)."""
     try:
@@ -177,7 +180,7 @@ def parse_body(body: bytes) -> dict:
     except UnicodeDecodeError as exc:
         raise Rejection("not_utf8", f"the body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        payload = json.loads(text, parse_constant=_no_constant)
+        payload = _DECODER.decode(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         hint = " (typographic quotes are not JSON quotes)" if any(q in text for q in "“”‘’") else ""
         raise Rejection("not_json", f"{getattr(exc, 'msg', 'too deeply nested')}{hint}") from None
