@@ -8,7 +8,9 @@
   the tables from the changelogs and re-processes what was not committed (merging is idempotent).
 - One agent consumes the webhook log and the processor's command topic (same partition count, same keys,
   so a session's events and commands reach the worker that owns its table partitions). It is the only
-  writer of the tables, event by event, as faust requires.
+  writer of the tables, event by event, and writes them through output.py, never ``table[key] = ...``:
+  faust's own table write sends the changelog record through its producer buffer, ahead of the
+  snapshot, which would break the order at-least-once needs.
 - Every change is published as a versioned ``SessionState`` snapshot on the compacted sessions topic (a
   tombstone when the session leaves the tables after its retention), and every alert of the transition
   on the alerts topic, with its deterministic ``alert_id``.
@@ -20,9 +22,10 @@
   the log and reads a missing run back itself (gaps.py); the watch puts a partition that delivers nothing
   while records wait back on the consumer (``check_progress``).
 
-Guarantees: at-least-once with idempotent effects. Offsets are committed after the changelog, snapshot
-and alert records of what was processed are flushed; a worker killed between the two re-processes
-records whose effects are already in the changelog, which changes nothing and raises nothing again.
+Guarantees: at-least-once with idempotent effects. Offsets are committed after the snapshot, alert and
+then changelog records of what was processed are acknowledged, in that order (output.py); a worker killed
+in between leaves its successor either an uncommitted event to process again or a change whose snapshot
+and alerts are already out, so re-processing it, which changes nothing, loses nothing.
 
 Test-only environment variables (not ENX_ settings; production never sets them):
 - ``ENXTEST_CLOCK_OFFSET_S``: shift this process's wall clock by that many seconds (the retention test
@@ -75,51 +78,6 @@ def default_clock() -> Callable[[], float]:
     return (lambda: time.time() + offset) if offset else time.time
 
 
-def exact_changelog_flush(app: faust.App) -> None:
-    """Make the commit wait until every table change has been handed to the Kafka producer.
-
-    faust sends changelog records through a buffer drained by a background task; before committing
-    offsets it flushes that buffer, but ``ProducerBuffer.flush`` gives up as soon as 0.1 s pass without a
-    record leaving it (a metadata fetch, a full accumulator, a busy CPU), and does not wait for the record
-    the task is handing over. The commit then covers events whose changelog records are still buffered,
-    and a worker killed at that moment loses those table changes for good (found by the SIGKILL test).
-    This replaces the buffer's flush by an exact drain: it counts the records put and handed over."""
-    buffer = app.producer.buffer
-    put, send_pending = buffer.put, buffer._send_pending
-    pending = {"n": 0}
-    drained = asyncio.Event()
-
-    def counted_put(fut: Any) -> None:
-        pending["n"] += 1
-        drained.clear()
-        put(fut)
-
-    async def counted_send(fut: Any) -> None:
-        try:
-            await send_pending(fut)
-        finally:
-            pending["n"] -= 1
-            if pending["n"] <= 0:
-                drained.set()
-
-    async def flush() -> None:
-        waited = 0.0
-        while pending["n"] > 0 and not buffer.should_stop:
-            before = pending["n"]
-            try:
-                await asyncio.wait_for(drained.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                waited = 0.0 if pending["n"] < before else waited + 1.0
-                if waited >= 5.0:
-                    log.warning("%d table changes not handed to Kafka after %.0f s (queue %d)", pending["n"], waited,
-                                buffer.size)
-                    waited = 0.0
-
-    buffer.put = counted_put  # type: ignore[method-assign]
-    buffer._send_pending = counted_send  # type: ignore[method-assign]
-    buffer.flush = flush  # type: ignore[method-assign]
-
-
 def consumer_state(app: faust.App) -> str:
     """What faust's consumer says about its flow, for a warning (private attributes, read defensively)."""
     consumer = app.consumer
@@ -165,7 +123,6 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         producer_acks=-1,
         producer_linger=PRODUCER_LINGER_S,
     )
-    exact_changelog_flush(app)
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
     sessions_topic, alerts_topic = settings.topic("sessions"), settings.topic("alerts")
     tables = {name: app.Table(name, default=None, partitions=settings.partitions,
