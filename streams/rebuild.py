@@ -9,9 +9,9 @@ the sessions topic and the ClickHouse tables are projections. A rebuild:
 3. deletes the processor's state (its consumer group, table changelogs and command topic) and recreates
    the compacted sessions topic, and deletes the sink's consumer group;
 4. runs the real workers (``enx-streams worker``: the sink, and one processor per CPU sharing the log's
-   partitions, each in a process of its own; ``--processors N`` to choose) over the whole log at full speed, showing progress, until the processor has consumed every webhook
-   that was in the log when the rebuild started and the sink has committed everything the processor
-   wrote; then stops them.
+   partitions, each in a process of its own; ``--processors N`` to choose) over the whole log at full
+   speed, showing progress, until the processors have consumed every webhook that was in the log when the
+   rebuild started and the sink has committed everything they wrote; then stops them.
 
 Because the processor judges every session by event time (the log's own time while it is behind), the
 replay raises exactly the alerts the live run raised, with the same ids, and ClickHouse ends up equal to

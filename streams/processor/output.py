@@ -51,23 +51,23 @@ class Output:
 
         async def flush_in_order() -> None:
             held, self._held = self._held, {}  # changes made from now on wait for the next flush
-            await flush()  # (1) the snapshots and alerts of the held changes are in Kafka
-            self.check()
-            for (topic, partition, key), value in held.items():
-                await self.send(topic, key, value, partition)  # (2)
-            await flush()  # (3)
-            self.check()
+            try:
+                await flush()  # (1) the snapshots and alerts of the held changes are in Kafka
+                self.check()
+                for (topic, partition, key), value in held.items():
+                    await self.send(topic, key, value, partition)  # (2)
+                await flush()  # (3)
+                self.check()
+            except BaseException:
+                # not sent, or not known to be: the next flush sends them (again), newer changes win
+                self._held = {**held, **self._held}
+                raise
 
         producer.flush = flush_in_order  # type: ignore[method-assign]
 
     def hold(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         """A table change for the changelog, sent by the next flush (``value=None`` deletes the key)."""
         self._held[(topic, partition, key)] = value
-
-    @property
-    def held(self) -> int:
-        """Table changes waiting for the next flush."""
-        return len(self._held)
 
     def check(self) -> None:
         """Raise if a record failed: called by the commit's flush and before every send."""
