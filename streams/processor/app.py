@@ -63,6 +63,10 @@ YIELD_EVERY = 200  # events handled between two turns of the event loop (the sen
 REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop after a rebalance
 
 
+class StaleEvent(Exception):
+    """The event being handled stopped being this worker's to apply (a rebalance began meanwhile)."""
+
+
 def app_id(settings: Settings) -> str:
     """The processor's faust app id: its consumer group and the prefix of its changelog topics."""
     return os.environ.get("ENXTEST_PROCESSOR_GROUP") or f"{settings.topic_prefix}processor"
@@ -169,8 +173,20 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     continuity = Continuity()
     reader = LogReader(settings.kafka_bootstrap, log_topic)
 
+    taken = {"generation": -1}  # the consumer generation of the event being handled
+
+    def live() -> bool:
+        """Whether the event being handled is still this worker's to apply: not when a rebalance has begun
+        (faust suspends the flow) or ended (a new generation) since it was taken, as faust's own stream
+        iterator judges it. Its partition may have moved; its owner processes it from the commit."""
+        return app.flow_control.is_active() and app.consumer_generation_id == taken["generation"]
+
     async def apply(name: str, key: bytes, partition: int, change: rules.Transition) -> None:
         await publish(key, change)
+        if not live():
+            # a change held now would reach the changelog after the new owner restored it, and could
+            # overwrite what it wrote since; the snapshot already sent is a repeat the new owner makes too
+            raise StaleEvent(f"{key.decode()}: a rebalance began while its event was handled")
         write(name, partition, change)
         index.set(name, partition, next_due(change.after, retention_s))
 
@@ -238,15 +254,23 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         each through the stream once handled, as the stream's own iterator does (``Stream.ack``), but
         without that iterator's per-event machinery (a forced event-loop turn, sensors, the current-event
         context, three nested async generators; about 7% of the processor's time when measured). The queue
-        is faust's own (flow control, back-pressure on the fetcher, cleared on a rebalance). An event whose
-        handling raises is not acked (faust's iterator would ack it): no commit passes it, and the worker
-        processes it again when it restarts."""
+        is faust's own (flow control, back-pressure on the fetcher, cleared on a rebalance); an event of an
+        earlier consumer generation, or one a rebalance overtook while it was handled, is not applied nor
+        acked. An event whose handling raises is not acked (faust's iterator would ack it): no commit passes
+        it, and the worker processes it again when it restarts."""
         await stream.maybe_start()
         queue = stream.channel.queue
         handled = 0
         while True:
             event = await queue.get()
-            await handle(event)
+            taken["generation"] = event.message.generation_id
+            if not live():
+                continue  # queued before a rebalance: not acked, the partition's owner processes it
+            try:
+                await handle(event)
+            except StaleEvent as exc:
+                log.info("not applied, left to the partition's owner: %s", exc)
+                continue
             await stream.ack(event)
             handled += 1
             if handled % YIELD_EVERY == 0:

@@ -48,8 +48,13 @@ class Output:
         self._held: dict[tuple[str, int, bytes], bytes | None] = {}  # (changelog, partition, key) -> value
         producer = app.producer
         flush = producer.flush
+        one_at_a_time = asyncio.Lock()  # a commit's flush must not pass a revocation's still sending
 
         async def flush_in_order() -> None:
+            async with one_at_a_time:
+                await flush_held()
+
+        async def flush_held() -> None:
             held, self._held = self._held, {}  # changes made from now on wait for the next flush
             try:
                 await flush()  # (1) the snapshots and alerts of the held changes are in Kafka
