@@ -17,7 +17,8 @@ is acknowledged (``acks=all``), the snapshots and alerts of the held changes amo
 changes, (3) waits for those too. faust computes the offsets it commits before it flushes, so every
 committed offset's changes are in the changelog, and a worker killed anywhere in between leaves its
 successor either the change (and then also its snapshot and alerts) or an uncommitted event to process
-again. Holding the changes also writes a key changed many times within a commit interval once.
+again. Flushes run one at a time, so a commit's flush cannot pass a revocation's that is still sending.
+Holding the changes also writes a key changed many times within a commit interval once.
 
 A record that fails after the producer's own retries makes every later flush, and so every later commit,
 raise: nothing is committed past an effect that did not reach Kafka, and the worker's successor
