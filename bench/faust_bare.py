@@ -1,7 +1,7 @@
 """The ceiling faust-streaming itself sets: a faust worker whose agent iterates the webhook log and does
 nothing with it (no decode, no table, no output), with the processor's consumer settings.
 
-Run as ``python -m bench.faust_bare worker`` with ``BENCH_BOOTSTRAP``, ``BENCH_TOPIC``,
+Run as ``python -m bench.faust_bare`` (bench/processor.py does) with ``BENCH_BOOTSTRAP``, ``BENCH_TOPIC``,
 ``BENCH_PARTITIONS``, ``BENCH_EVENTS`` and ``BENCH_APP_ID`` in the environment; it prints
 ``faust_bare_eps=<events per second>`` from its first event to the last, and exits."""
 

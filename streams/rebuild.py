@@ -203,6 +203,12 @@ def default_processors(settings: config.Settings) -> int:
     return max(1, min(os.cpu_count() or 1, settings.partitions))
 
 
+def worker_plan(processors: int) -> list[tuple[str, str]]:
+    """``(name, role)`` of the rebuild's workers: one sink, ``processors`` processors (names for their logs)."""
+    names = ["processor"] if processors == 1 else [f"processor-{i + 1}" for i in range(processors)]
+    return [("sink", "sink"), *((name, "processor") for name in names)]
+
+
 def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_s: float = 3600.0,
         quiet_s: float = 3.0, processors: int | None = None) -> int:
     """Reset the projections and replay the log through the real workers (one sink, ``processors``
@@ -222,11 +228,8 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
     logs.mkdir(parents=True, exist_ok=True)
     # the sink (owner of the embedded ClickHouse) and the processors in processes of their own: a processor
     # is bound to one core by its event loop, so the replay takes as many as there are cores
-    count = processors or default_processors(settings)
-    names = ["sink"] + (["processor"] if count == 1 else [f"processor-{i + 1}" for i in range(count)])
     workers: dict[str, subprocess.Popen] = {}
-    for name in names:
-        role = name.split("-")[0]
+    for name, role in worker_plan(processors or default_processors(settings)):
         with open(logs / f"rebuild-{name}.log", "ab") as log:
             workers[name] = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", role],
                                              env=child_env(settings), stdout=log, stderr=subprocess.STDOUT,

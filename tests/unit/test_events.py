@@ -291,8 +291,8 @@ def test_absent_trans_date_is_null() -> None:
 
 
 def test_iso_milliseconds_are_exact() -> None:
-    # BUG (events.parse_trans_date): int(datetime.timestamp() * 1000) truncates a float, so about 0.65% of
-    # ISO / datetime strings with milliseconds come out one millisecond early (found by the property below).
+    # Found 2026-12-01 (fixed): int(datetime.timestamp() * 1000) truncated a float, so about 0.65% of
+    # ISO / datetime strings with milliseconds came out one millisecond early (found by the property below).
     assert parse_trans_date("2004-03-15T07:55:47.472Z") == 1_079_337_347_472
     assert parse_trans_date("2039-03-08 19:46:13.411") == 2_183_226_373_411
 
@@ -430,9 +430,9 @@ def test_typographic_body_names_the_quotes() -> None:
 
 
 def test_huge_integer_is_a_rejection_not_a_crash() -> None:
-    # BUG (events.parse_body): json.loads raises a plain ValueError ("Exceeds the limit (4300 digits) for
-    # integer string conversion") for a long number, which parse_body does not catch: ingest answers 500 and
-    # the body never reaches the dead-letter topic.
+    # Found 2026-12-01 (fixed): json.loads raised a plain ValueError ("Exceeds the limit (4300 digits) for
+    # integer string conversion") for a long number, which parse_body did not catch: ingest answered 500 and
+    # the body never reached the dead-letter topic.
     body = b'{"type": "recording", "app_id": "a", "conf_num": "1", "n": ' + b"1" * 5000 + b"}"
     with pytest.raises(Rejection):
         normalise(body, RECEIVED)
@@ -440,8 +440,8 @@ def test_huge_integer_is_a_rejection_not_a_crash() -> None:
 
 @pytest.mark.parametrize("size", [b"1e400", b"-1e400"])
 def test_infinite_file_size_is_a_rejection_not_a_crash(size: bytes) -> None:
-    # BUG (events._size): 1e400 is a valid JSON number that Python reads as inf; int(inf) raises OverflowError,
-    # not a Rejection (ingest answers 500, nothing reaches the dead-letter topic).
+    # Found 2026-12-01 (fixed): 1e400 is a valid JSON number that Python reads as inf; int(inf) raised
+    # OverflowError, not a Rejection (ingest answered 500, nothing reached the dead-letter topic).
     body = b'{"type": "transcoded", "app_id": "a", "conf_num": "1", "transcoded": ["u"], "file_size": ' + size + b"}"
     with pytest.raises(Rejection) as caught:
         normalise(body, RECEIVED)
@@ -449,7 +449,7 @@ def test_infinite_file_size_is_a_rejection_not_a_crash(size: bytes) -> None:
 
 
 def test_huge_integer_trans_date_is_a_rejection_not_a_crash() -> None:
-    # BUG (events.parse_trans_date): float() of an integer over ~1.8e308 raises OverflowError, not a Rejection.
+    # Found 2026-12-01 (fixed): float() of an integer over ~1.8e308 raised OverflowError, not a Rejection.
     body = b'{"type": "roomdrop", "app_id": "a", "conf_num": "1", "trans_date": ' + b"9" * 400 + b"}"
     with pytest.raises(Rejection) as caught:
         normalise(body, RECEIVED)
@@ -458,8 +458,8 @@ def test_huge_integer_trans_date_is_a_rejection_not_a_crash() -> None:
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
 def test_non_json_number_literals_are_not_json(literal: bytes) -> None:
-    # BUG (events.parse_body): Python's json.loads accepts NaN / Infinity, which RFC 8259 JSON does not have;
-    # such a body is accepted (and its raw text stored) although the contract rejects a body that is not JSON.
+    # Found 2026-12-01 (fixed): Python's json.loads accepts NaN / Infinity, which RFC 8259 JSON does not have;
+    # such a body was accepted (and its raw text stored) although the contract rejects a body that is not JSON.
     body = b'{"type": "recording", "app_id": "a", "conf_num": "1", "score": ' + literal + b"}"
     with pytest.raises(Rejection) as caught:
         normalise(body, RECEIVED)
