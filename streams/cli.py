@@ -15,6 +15,7 @@ import sys
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.markup import escape  # help texts are rich markup: "[env X]" would vanish, "[/x]" fails
 
 from streams import config
 
@@ -36,7 +37,10 @@ def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     The command declares a ``settings: config.Settings`` parameter; its other parameters stay as they are.
     """
-    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "settings"]
+    # eval_str: this module's annotations are strings (``from __future__ import annotations``), and typer
+    # reads a ``__signature__`` as it is, so an unevaluated ``Annotated[..., typer.Option(help=...)]`` lost
+    # its option's help and checks (``rebuild --processors 0`` was accepted)
+    own = [p for name, p in inspect.signature(fn, eval_str=True).parameters.items() if name != "settings"]
     own_names = {p.name for p in own}
     extra = []
     for s in config.SETTINGS:
@@ -44,7 +48,7 @@ def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
             continue
         extra.append(inspect.Parameter(
             s.field, inspect.Parameter.KEYWORD_ONLY, default=None,
-            annotation=Annotated[Optional[str], typer.Option(s.flag, help=f"{s.help} [env {s.env}]",
+            annotation=Annotated[Optional[str], typer.Option(s.flag, help=escape(f"{s.help} [env {s.env}]"),
                                                              show_default=False, rich_help_panel="Settings")]))
 
     @functools.wraps(fn)
@@ -151,7 +155,7 @@ def kafka_topics(settings: config.Settings) -> None:
 @app.command("ingest")
 @with_settings
 def ingest(settings: config.Settings) -> None:
-    """Run the HTTP ingest service: POST /webhooks/enablex[/{token}] -> the Avro event log."""
+    """Run the HTTP ingest service: POST /webhooks/enablex or /webhooks/enablex/{token} -> the Avro event log."""
     from streams.ingest.service import run
 
     raise typer.Exit(run(settings))
