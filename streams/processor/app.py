@@ -178,15 +178,27 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     def live() -> bool:
         """Whether the event being handled is still this worker's to apply: not when a rebalance has begun
         (faust suspends the flow) or ended (a new generation) since it was taken, as faust's own stream
-        iterator judges it. Its partition may have moved; its owner processes it from the commit."""
-        return app.flow_control.is_active() and app.consumer_generation_id == taken["generation"]
+        iterator judges it. Its partition may have moved; its owner processes it from the commit.
+
+        Nor while the tables are being restored, which faust's iterator does not check: recovery resumes
+        the flow to read the changelogs, and an event fetched before the partitions were paused can then
+        reach the queue. A changelog replayed from its start sets the keys back to older values until the
+        replay ends, and an event judged against one of them raised a session's alerts a second time (the
+        three-worker SLA test in CI). Such an event is not acked: when recovery ends faust seeks the
+        partitions to their committed offsets and delivers it again."""
+        return (app.flow_control.is_active() and not app.in_recovery
+                and app.consumer_generation_id == taken["generation"])
 
     async def apply(name: str, key: bytes, partition: int, change: rules.Transition) -> None:
+        # ``change`` was judged just now, with no await since (the callers compute it in the call): against
+        # restored tables if this is still live. Not so after an await, e.g. a hole's records read back.
+        if not live():
+            raise StaleEvent(f"{key.decode()}: a rebalance or a table restore began before its event was judged")
         await publish(key, change)
         if not live():
             # a change held now would reach the changelog after the new owner restored it, and could
             # overwrite what it wrote since; the snapshot already sent is a repeat the new owner makes too
-            raise StaleEvent(f"{key.decode()}: a rebalance began while its event was handled")
+            raise StaleEvent(f"{key.decode()}: a rebalance or a table restore began while its event was handled")
         write(name, partition, change)
         index.set(name, partition, next_due(change.after, retention_s))
 
@@ -265,11 +277,11 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             event = await queue.get()
             taken["generation"] = event.message.generation_id
             if not live():
-                continue  # queued before a rebalance: not acked, the partition's owner processes it
+                continue  # queued before a rebalance or during a restore: not acked, see live()
             try:
                 await handle(event)
             except StaleEvent as exc:
-                log.info("not applied, left to the partition's owner: %s", exc)
+                log.info("not applied, the partition's owner processes it from the committed offset: %s", exc)
                 continue
             await stream.ack(event)
             handled += 1

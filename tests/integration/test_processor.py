@@ -137,6 +137,19 @@ async def _members(settings: Settings, group: str) -> tuple[str, int]:
     return g[2], len(g[5])
 
 
+async def _behind(settings: Settings, group: str) -> dict[int, int]:
+    """Per partition of the webhook log, the records past the group's committed offset."""
+    topic = settings.topic("webhooks")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        committed = {tp.partition: m.offset for tp, m in (await admin.list_consumer_group_offsets(group)).items()
+                     if tp.topic == topic and m.offset >= 0}
+    finally:
+        await admin.close()
+    return {p: end - committed.get(p, 0) for p, end in (await _ends(settings, "webhooks")).items()}
+
+
 def alerts_of(records: list) -> list[dict]:
     return [codec.decode(r.value) for r in records]
 
@@ -177,10 +190,17 @@ class Workers:
         return sum(1 for p in self.procs if p.poll() is None)
 
     def logs(self) -> str:
-        """The tail of every worker's log, and where each live one was waiting (its asyncio tasks)."""
+        """Every worker's rebalances, recoveries, alerts and warnings, the tail of its log, and where each
+        live one was waiting (its asyncio tasks)."""
         files = [self.tmp / f"worker-{i}.log" for i in range(len(self.procs))]
-        tails = "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in files)
-        return f"{tails}\n{task_dumps(self.procs, files)}"
+        marks = ("WARNING", "ERROR", "alert ", "not applied", "indexed on", "_on_partitions_assigned",
+                 "Restoring state", "Done reading", "Worker ready")
+        parts = []
+        for f in files:
+            text = f.read_text()
+            events = [line[:300] for line in text.splitlines() if any(m in line for m in marks)]
+            parts.append(f"--- {f.name}: events\n" + "\n".join(events[-80:]) + f"\n--- {f.name}: tail\n{text[-2000:]}")
+        return "\n".join(parts) + f"\n{task_dumps(self.procs, files)}"
 
     def check_alive(self) -> None:
         dead = [i for i, p in enumerate(self.procs) if i not in self.killed and p.poll() is not None]
@@ -298,6 +318,12 @@ def test_live_sla_with_1_2_3_workers_a_kill_and_a_replay(bootstrap: str, tmp_pat
                                                     f"{expected - kinds_per_session(live)}\n{workers.logs()}"
         assert max(lags) < 30
         print(f"stall alert lag after the deadline per phase: {[round(x, 1) for x in lags]} s")
+        # every event acked: the group's commits reach the end of the log (a commit interval is 1 s)
+        group = f"{settings.topic_prefix}processor"
+        commit_deadline = time.monotonic() + 15
+        while any((behind := asyncio.run(_behind(settings, group))).values()) and time.monotonic() < commit_deadline:
+            time.sleep(0.3)  # poll interval, bounded by the deadline
+        assert not any(behind.values()), f"records past the committed offsets: {behind}\n{workers.logs()}"
     finally:
         codes = workers.stop()
     assert codes == [0, 0], f"a worker did not stop cleanly on SIGTERM: {codes}\n{workers.logs()}"
