@@ -3,7 +3,8 @@
 - Live SLA with 1, then 2, then 3 workers, one of them killed with SIGKILL before a deadline: with a
   6-second SLA and no other traffic, every recorded session without a composite gets exactly one
   ``transcode_stalled`` record on the alerts topic within 30 s of its deadline, a later composite exactly
-  one ``transcode_recovered`` with its overdue time, and on-time sessions nothing.
+  one ``transcode_recovered`` with its overdue time, and on-time sessions nothing; then the group's
+  commits reach the end of the log (no event left unacked behind a rebalance or a restore).
 - Replay of that same log by a brand-new consumer group at full speed: exactly the alerts the live run
   raised (same ids, deadlines, detection and overdue times), nothing for the on-time sessions.
 - A historical log consumed at full speed with the clock moved days ahead: alerts by event time only, and
