@@ -10,6 +10,7 @@ bare handler. Every run is recorded."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 import urllib.request
@@ -52,13 +53,17 @@ async def _closed_loop(url: str, payloads: list[bytes], seconds: float) -> float
 
 
 async def _open_loop(url: str, payloads: list[bytes], rate: float, seconds: float) -> tuple[list[float], int]:
+    """Requests at their scheduled times (``rate`` per second), each one's latency from its scheduled time.
+
+    The client must not add stalls of its own: it creates each request's task when the request is due
+    (creating all of them up front stalled its loop for 200 ms) and runs with its garbage collector off
+    (a full collection over thousands of pending tasks stalled it for 100 to 300 ms, mid-run)."""
     latencies: list[float] = []
     failures = 0
     n = int(rate * seconds)
 
     async def one(session: aiohttp.ClientSession, i: int, at: float) -> None:
         nonlocal failures
-        await asyncio.sleep(max(0.0, at - time.monotonic()))  # the request's scheduled time (open loop)
         async with session.post(url, data=payloads[i % len(payloads)],
                                 headers={"Content-Type": "application/json"}) as response:
             await response.read()
@@ -66,9 +71,22 @@ async def _open_loop(url: str, payloads: list[bytes], rate: float, seconds: floa
                 failures += 1
         latencies.append(time.monotonic() - at)
 
-    start = time.monotonic() + 0.5
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
-        await asyncio.gather(*(one(session, i, start + i / rate) for i in range(n)))
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
+            start = time.monotonic() + 0.2
+            tasks = []
+            for i in range(n):
+                at = start + i / rate
+                if at > time.monotonic():
+                    await asyncio.sleep(at - time.monotonic())  # the request's scheduled time (open loop)
+                tasks.append(asyncio.create_task(one(session, i, at)))
+            await asyncio.gather(*tasks)
+    finally:
+        gc.enable()
+        gc.unfreeze()
     return latencies, failures
 
 
