@@ -70,6 +70,13 @@ class Spool:
         self.marker = self.directory / "spool.acked"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._drop_torn_tail()
+        self._acked = self._read_marker()  # this process is the spool's only writer: ack() keeps it
+
+    def _read_marker(self) -> int:
+        try:
+            return int(self.marker.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
 
     def _drop_torn_tail(self) -> None:
         data = self.path.read_bytes()
@@ -80,10 +87,9 @@ class Spool:
             os.fsync(self._fd)
 
     def acked(self) -> int:
-        try:
-            return int(self.marker.read_text() or 0)
-        except (OSError, ValueError):
-            return 0
+        """Bytes of the file already in Kafka (the durable marker's value, kept in memory: the producer asks
+        for it on every request, and reading the marker each time was 5% of ingest's time)."""
+        return self._acked
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
@@ -107,6 +113,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.marker)
+        self._acked = end
 
     def reset_if_drained(self) -> bool:
         """Empty the file once everything in it was acknowledged (the caller holds off appends)."""
