@@ -66,7 +66,7 @@ REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop af
 
 
 class StaleEvent(Exception):
-    """The event being handled stopped being this worker's to apply (a rebalance began meanwhile)."""
+    """The event being handled stopped being this worker's to apply (a rebalance or a restore began)."""
 
 
 def app_id(settings: Settings) -> str:
@@ -182,8 +182,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         (faust suspends the flow) or ended (a new generation) since it was taken, as faust's own stream
         iterator judges it. Its partition may have moved; its owner processes it from the commit.
 
-        Nor while the tables are being restored, which faust's iterator does not check (the agent defers
-        such events, see ``process``)."""
+        Nor while the tables are being restored, which faust's iterator does not check (the agent holds
+        the events taken meanwhile, see ``process``)."""
         return (app.flow_control.is_active() and not app.in_recovery
                 and app.consumer_generation_id == taken["generation"])
 
@@ -269,11 +269,9 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         acked. An event whose handling raises is not acked (faust's iterator would ack it): no commit passes
         it, and the worker processes it again when it restarts.
 
-        An event that arrives while the tables are being restored waits until the restore has ended
-        (restore_buffer.py says why). Judged during the replay of a changelog, two sessions' alerts were
-        raised a second time (the three-worker SLA test, once in CI). Dropped, they are not delivered again
-        to a group that has committed nothing yet; with a version that dropped them, a rebuild's commits
-        stood still for seven minutes."""
+        An event taken while the tables are being restored waits until the restore has ended, and is then
+        handled before anything taken after it (restore_buffer.py says why it is neither judged during
+        the restore nor dropped)."""
         await stream.maybe_start()
         queue = stream.channel.queue
         held: RestoreBuffer[EventT] = RestoreBuffer()

@@ -17,8 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
 from streams.avro import default_codec
 from streams.broker.topics import contract_topics, ensure_topics
@@ -28,6 +27,7 @@ from streams.processor.app import app_id
 from streams.sink.query import QueryError, run_query
 from tests.faults.record import record_result
 from tests.integration.test_processor import event
+from tests.offsets import behind
 from tests.polling import poll, task_dumps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,23 +85,6 @@ async def produce(bootstrap: str, topic: str, events: list[dict]) -> None:
         await producer.stop()
 
 
-async def uncommitted(settings: Settings) -> int:
-    """Records of the webhook log past the processor group's committed offsets."""
-    bootstrap, topic, group = settings.kafka_bootstrap, settings.topic("webhooks"), app_id(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = {tp.partition: m.offset for tp, m in (await admin.list_consumer_group_offsets(group)).items()
-                     if tp.topic == topic and m.offset >= 0}
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(settings.partitions)])
-        return sum(end - committed.get(tp.partition, 0) for tp, end in ends.items())
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
 def test_worker_killed_under_load(bootstrap: str, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", kafka_bootstrap=bootstrap,
                         topic_prefix=f"w{uuid.uuid4().hex[:8]}.", partitions=4)
@@ -132,7 +115,7 @@ def test_worker_killed_under_load(bootstrap: str, tmp_path: Path) -> None:
         # kill one worker while the two are working through the backlog
         poll("the processors at work", lambda: (r := q(settings, "SELECT count() AS n FROM enablex.sessions"))
              and int(r[0]["n"]) > 0, 90, logs)
-        left = asyncio.run(uncommitted(settings))
+        left = sum(asyncio.run(behind(bootstrap, app_id(settings), settings.topic("webhooks"), 4)).values())
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(timeout=10)
         assert left > 0, "the processors had committed the whole log before the kill: it tested no kill under load"

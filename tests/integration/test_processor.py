@@ -35,6 +35,7 @@ from streams.broker.topics import contract_topics, ensure_topics
 from streams.config import Settings
 from streams.events import event_id_of
 from streams.processor.watch import partition_of
+from tests.offsets import behind
 from tests.polling import task_dumps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,19 +137,6 @@ async def _members(settings: Settings, group: str) -> tuple[str, int]:
         await admin.close()
     g = described[0].groups[0]
     return g[2], len(g[5])
-
-
-async def _behind(settings: Settings, group: str) -> dict[int, int]:
-    """Per partition of the webhook log, the records past the group's committed offset."""
-    topic = settings.topic("webhooks")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        committed = {tp.partition: m.offset for tp, m in (await admin.list_consumer_group_offsets(group)).items()
-                     if tp.topic == topic and m.offset >= 0}
-    finally:
-        await admin.close()
-    return {p: end - committed.get(p, 0) for p, end in (await _ends(settings, "webhooks")).items()}
 
 
 def alerts_of(records: list) -> list[dict]:
@@ -320,11 +308,12 @@ def test_live_sla_with_1_2_3_workers_a_kill_and_a_replay(bootstrap: str, tmp_pat
         assert max(lags) < 30
         print(f"stall alert lag after the deadline per phase: {[round(x, 1) for x in lags]} s")
         # every event acked: the group's commits reach the end of the log (a commit interval is 1 s)
-        group = f"{settings.topic_prefix}processor"
+        webhooks, group = settings.topic("webhooks"), f"{settings.topic_prefix}processor"
         commit_deadline = time.monotonic() + 15
-        while any((behind := asyncio.run(_behind(settings, group))).values()) and time.monotonic() < commit_deadline:
+        while any((left := asyncio.run(behind(bootstrap, group, webhooks, PARTITIONS))).values()) \
+                and time.monotonic() < commit_deadline:
             time.sleep(0.3)  # poll interval, bounded by the deadline
-        assert not any(behind.values()), f"records past the committed offsets: {behind}\n{workers.logs()}"
+        assert not any(left.values()), f"records past the committed offsets: {left}\n{workers.logs()}"
     finally:
         codes = workers.stop()
     assert codes == [0, 0], f"a worker did not stop cleanly on SIGTERM: {codes}\n{workers.logs()}"
