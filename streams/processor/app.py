@@ -17,6 +17,12 @@
 - The SLA watch (watch.py) runs on every worker every ``SWEEP_INTERVAL_S`` and decides stalls and
   expiries for the sessions of its own active partitions; its commands reach the owning agent through
   the command topic, and the agent re-judges and applies them.
+- An event whose judgement fails (the rules, or the encoding of what they publish, raise: a record no
+  version of the rules foresaw, a value the schemas cannot hold) is not applied: it goes to the
+  dead-letter topic (reason ``processor_failed: ...``, source ``topic/partition/offset``, an id derived
+  from those) and is acked, so one bad record neither stops its partition nor holds its commits back. A
+  worker that sees too many of them stops instead (rejects.py). Failures to write to Kafka are not
+  dead-lettered: they stop the commits (output.py).
 - Two guards against faust-streaming 0.15.3 losing webhook records around a rebalance (both found by the
   worker-kill fault test, both logged when they act): the agent checks that it receives every offset of
   the log and reads a missing run back itself (gaps.py); the watch puts a partition that delivers nothing
@@ -47,11 +53,13 @@ from typing import Any
 import faust
 from faust.types import TP, EventT
 
+from streams import dead_letters
 from streams.avro import default_codec
 from streams.config import Settings
 from streams.processor import rules
 from streams.processor.gaps import Continuity, LogReader
 from streams.processor.output import Output
+from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
 from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
 
@@ -163,13 +171,33 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             key = serializers.dumps_key(table.key_type, name, serializer=table.key_serializer)
             output.hold(table.changelog_topic.get_topic_name(), partition, key, value)
 
-    async def publish(key: bytes, change: rules.Transition) -> None:
-        for alert in change.alerts:
-            await output.send(alerts_topic, key, codec.encode("SlaAlert", alert))
-            log.info("alert %s for %s (deadline %s)", alert["kind"], key.decode(), alert["deadline"])
+    def rendered(change: rules.Transition) -> list[tuple[str, bytes | None]]:
+        """What ``change`` publishes, encoded, in order: its alerts, then its snapshot (a tombstone when the
+        session left the tables). A value the schemas cannot hold raises here, before anything is sent."""
+        out: list[tuple[str, bytes | None]] = [(alerts_topic, codec.encode("SlaAlert", a)) for a in change.alerts]
         if change.changed:
-            value = None if change.after is None else codec.encode("SessionState", change.after)
-            await output.send(sessions_topic, key, value)
+            out.append((sessions_topic, None if change.after is None else codec.encode("SessionState", change.after)))
+        return out
+
+    async def publish(key: bytes, change: rules.Transition, records: list[tuple[str, bytes | None]]) -> None:
+        for topic, value in records:
+            await output.send(topic, key, value)
+        for alert in change.alerts:
+            log.info("alert %s for %s (deadline %s)", alert["kind"], key.decode(), alert["deadline"])
+
+    rejects = RejectLimit()
+    deadletter_topic = settings.topic("deadletter")
+
+    async def reject(tp: TP, offset: int, key: bytes | None, value: bytes | None, at_ms: int, exc: Exception) -> None:
+        """An event whose judgement raised: to the dead-letter topic (sent at once, so the commit that passes
+        it waits for it, output.py), not applied; the worker goes on, up to rejects.py's limit."""
+        reason = f"{REASON}: {type(exc).__name__}: {exc}"[:1000]
+        letter = dead_letters.for_record("processor", tp.topic, tp.partition, offset, at_ms, value, key, (), reason)
+        await output.send(deadletter_topic, None, codec.encode("DeadLetter", letter))
+        log.error("%s[%d] offset %d (key %r) could not be processed and was not applied: %s. It is on %s as %s and "
+                  "stays in the log: once the cause is fixed, `enx-streams rebuild` processes it again",
+                  tp.topic, tp.partition, offset, key, reason, deadletter_topic, letter["id"], exc_info=exc)
+        rejects.failed()  # raises when too many have failed recently
 
     partition_heard: dict[int, float] = {}  # webhook partition -> when the agent last received from it
     continuity = Continuity()
@@ -187,16 +215,17 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         return (app.flow_control.is_active() and not app.in_recovery
                 and app.consumer_generation_id == taken["generation"])
 
-    async def apply(name: str, key: bytes, partition: int, change: rules.Transition) -> None:
-        # ``change`` was judged just now, with no await since (the callers compute it in the call): against
-        # restored tables if this is still live. Not so after an await, e.g. a hole's records read back.
+    async def apply(name: str, key: bytes, partition: int, change: rules.Transition,
+                    records: list[tuple[str, bytes | None]]) -> None:
+        # ``change`` was judged just now, with no await since (the callers compute it just before the call):
+        # against restored tables if this is still live. Not so after an await, e.g. a hole's records read back.
         if not live():
-            raise StaleEvent(f"{key.decode()}: a rebalance or a table restore began before its event was judged")
-        await publish(key, change)
+            raise StaleEvent(f"{name}: a rebalance or a table restore began before its event was judged")
+        await publish(key, change, records)
         if not live():
             # a change held now would reach the changelog after the new owner restored it, and could
             # overwrite what it wrote since; the snapshot already sent is a repeat the new owner makes too
-            raise StaleEvent(f"{key.decode()}: a rebalance or a table restore began while its event was handled")
+            raise StaleEvent(f"{name}: a rebalance or a table restore began while its event was handled")
         write(name, partition, change)
         index.set(name, partition, next_due(change.after, retention_s))
 
@@ -210,8 +239,15 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         clocks.saw(partition, record["received_at"], offset)
         if not key or record.get("conf_num") is None:
             return  # not a session event: kept in the log and ClickHouse, no session state
-        name = key.decode()
-        await apply(name, key, partition, rules.on_event(parts_of(name), record, sla_s))
+        try:
+            name = key.decode()
+            change = rules.on_event(parts_of(name), record, sla_s)
+            records = rendered(change)
+        except Exception as exc:  # noqa: BLE001 - pure (the record, its session's state): fails in any worker
+            await reject(TP(log_topic, partition), offset, key, value, record["received_at"], exc)
+            return
+        rejects.passed()
+        await apply(name, key, partition, change, records)
 
     async def fill(tp: TP, holes: range) -> None:
         """Process the records faust never delivered (gaps.py), then let its commit pass them."""
@@ -246,17 +282,23 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             return
         if not key:
             return
-        name = key.decode()
         try:
             command = json.loads(event.value)
             op, now = command["op"], int(command["now"])
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("skipping a malformed command for %s: %s", name, exc)
+            log.warning("skipping a malformed command for %r: %s", key, exc)
             return
-        change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
+        try:
+            name = key.decode()
+            change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
+            records = rendered(change)
+        except Exception as exc:  # noqa: BLE001 - as for a webhook
+            await reject(tp, message.offset, key, event.value, now * 1000, exc)
+            return
+        rejects.passed()
         if change.after is None and change.before is not None:
             log.info("session %s left the tables after its retention", name)
-        await apply(name, key, tp.partition, change)
+        await apply(name, key, tp.partition, change, records)
 
     @app.agent(app.topic(log_topic, command_topic(settings), **RAW))
     async def process(stream: faust.Stream) -> None:
@@ -266,7 +308,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         context, three nested async generators; about 7% of the processor's time when measured). The queue
         is faust's own (flow control, back-pressure on the fetcher, cleared on a rebalance); an event of an
         earlier consumer generation, or one a rebalance overtook while it was handled, is not applied nor
-        acked. An event whose handling raises is not acked (faust's iterator would ack it): no commit passes
+        acked. An event whose judgement fails is dead-lettered and acked (``reject``); one whose handling
+        raises otherwise (Kafka unreachable) is not acked (faust's iterator would ack it): no commit passes
         it, and the worker processes it again when it restarts.
 
         An event taken while the tables are being restored waits until the restore has ended, and is then
@@ -287,6 +330,10 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             except StaleEvent as exc:
                 log.info("not applied, the partition's owner processes it from the committed offset: %s", exc)
                 return
+            except TooManyRejects as exc:
+                log.critical("stopping the worker: %s", exc)
+                await app.crash(exc)  # the worker exits with an error; the event is not acked
+                raise
             await stream.ack(event)
             handled += 1
             if handled % YIELD_EVERY == 0:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from streams import dead_letters
 from streams.config import Settings
 from streams.sink import rows as R
 from streams.sink.batcher import Batch, Batcher
@@ -137,8 +138,8 @@ class Sink:
     def _dead_letter(self, record: Any, reason: str) -> dict[str, list[R.Row]]:
         self.stats.dead_letters += 1
         log.warning("dead letter: %s/%s/%s %s", record.topic, record.partition, record.offset, reason)
-        letter = R.undecodable_dead_letter(record.topic, record.partition, record.offset, record.timestamp,
-                                           record.value, record.key, record.headers or (), reason)
+        letter = dead_letters.for_record("sink", record.topic, record.partition, record.offset, record.timestamp,
+                                         record.value, record.key, record.headers or (), reason)
         return {"dead_letters": [R.dead_letter_row(letter)]}
 
     # -- inserting and committing ------------------------------------------------------------------

@@ -13,7 +13,6 @@ body keeps what was actually sent.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -187,27 +186,6 @@ def dead_letter_row(letter: Mapping[str, Any]) -> Row:
         }
     except (KeyError, TypeError) as exc:
         raise UnprojectableRecord(f"DeadLetter without a usable {exc}") from exc
-
-
-def undecodable_dead_letter(topic: str, partition: int, offset: int, timestamp_ms: int, value: bytes | None,
-                            key: bytes | None, headers: Iterable[tuple[str, bytes]], reason: str) -> dict[str, Any]:
-    """A ``DeadLetter`` (Avro-shaped) for a record the sink cannot project.
-
-    Deterministic from the record's coordinates, so a redelivery (or a replay of the log) gives the same
-    id, which collapses under FINAL. ``received_at`` is the record's Kafka timestamp, not the wall clock.
-    """
-    source = f"{topic}/{partition}/{offset}"
-    kafka_headers = {str(k): (v or b"").decode("utf-8", "replace") for k, v in headers}
-    if key is not None:
-        kafka_headers["kafka_key"] = key.decode("utf-8", "replace")
-    return {
-        "id": "sink-" + hashlib.sha256(source.encode()).hexdigest()[:32],
-        "received_at": max(0, int(timestamp_ms)),
-        "reason": reason,
-        "raw": value or b"",
-        "headers": kafka_headers,
-        "source": source,
-    }
 
 
 def project(topic_kind: str, record_name: str, record: Mapping[str, Any]) -> dict[str, list[Row]]:

@@ -236,6 +236,17 @@ class Workers:
         assert all_seen(got), f"probes not processed\n{self.logs()}"
 
 
+def commits_reach_the_end(workers: Workers, timeout_s: float = 15) -> None:
+    """The processor group's committed offsets reach the end of the log (a commit interval is 1 s)."""
+    settings = workers.settings
+    webhooks, group = settings.topic("webhooks"), f"{settings.topic_prefix}processor"
+    deadline = time.monotonic() + timeout_s
+    while any((left := asyncio.run(behind(settings.kafka_bootstrap, group, webhooks, PARTITIONS))).values()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.3)  # poll interval, bounded by the deadline
+    assert not any(left.values()), f"records past the committed offsets: {left}\n{workers.logs()}"
+
+
 def fresh_settings(bootstrap: str, tmp: Path) -> Settings:
     settings = Settings(data_dir=tmp, kafka_bootstrap=bootstrap, topic_prefix=f"p{uuid.uuid4().hex[:8]}.",
                         partitions=PARTITIONS)
@@ -307,13 +318,7 @@ def test_live_sla_with_1_2_3_workers_a_kill_and_a_replay(bootstrap: str, tmp_pat
                                                     f"{expected - kinds_per_session(live)}\n{workers.logs()}"
         assert max(lags) < 30
         print(f"stall alert lag after the deadline per phase: {[round(x, 1) for x in lags]} s")
-        # every event acked: the group's commits reach the end of the log (a commit interval is 1 s)
-        webhooks, group = settings.topic("webhooks"), f"{settings.topic_prefix}processor"
-        commit_deadline = time.monotonic() + 15
-        while any((left := asyncio.run(behind(bootstrap, group, webhooks, PARTITIONS))).values()) \
-                and time.monotonic() < commit_deadline:
-            time.sleep(0.3)  # poll interval, bounded by the deadline
-        assert not any(left.values()), f"records past the committed offsets: {left}\n{workers.logs()}"
+        commits_reach_the_end(workers)  # every event acked, none left behind a rebalance or a restore
     finally:
         codes = workers.stop()
     assert codes == [0, 0], f"a worker did not stop cleanly on SIGTERM: {codes}\n{workers.logs()}"
@@ -389,3 +394,78 @@ def test_replay_of_a_historical_log_and_retention(bootstrap: str, tmp_path: Path
                                                  ("old5", "transcode_recovered"): 1})
     recovered = next(a for a in alerts if a["kind"] == "transcode_recovered")
     assert recovered["overdue_s"] == 900.0
+
+
+# -- records the processor cannot handle ---------------------------------------------------------------
+
+def poison(conf: str, now: float) -> dict:
+    """A recording (no roomdrop) timed near the end of Avro's long: its deadline, its time plus the SLA,
+    is a value SessionState cannot hold. Ingest refuses such a time; an older version or another producer
+    could have written it, and the log keeps it forever."""
+    e = event("recording", conf, now, now)
+    e["trans_date"] = 2**63 - 1000
+    return e
+
+
+def test_a_record_the_processor_cannot_handle_is_dead_lettered_and_the_rest_flows(bootstrap: str,
+                                                                                  tmp_path: Path) -> None:
+    settings = fresh_settings(bootstrap, tmp_path)
+    bad, late = confs("bad-", 1), confs("late-", 1)  # one of each per partition, the bad one first
+    now = time.time()
+    produce(settings, [poison(c, now) for c in bad] + [event("roomdrop", c, now, now) for c in late]
+            + [event("recording", c, now + 0.5, now) for c in late])
+    bad_keys = {f"{APP}/{c}".encode() for c in bad}
+    logged = read(settings, "webhooks", lambda g: len(g) >= 3 * PARTITIONS, 10)
+    coordinates = {f"{r.topic}/{r.partition}/{r.offset}": r for r in logged if r.key in bad_keys}
+    assert len(coordinates) == len(bad)
+    workers = Workers(settings, tmp_path)
+    try:
+        workers.start(1)
+
+        def stalls_seen(got: list) -> bool:
+            workers.check_alive()
+            return {(c, "transcode_stalled") for c in late} <= set(kinds_per_session(alerts_of(got)))
+
+        # the sessions after each bad record in its partition go on: their stalls come on time
+        got = read(settings, "alerts", stalls_seen, 60)
+        assert stalls_seen(got), workers.logs()
+        assert kinds_per_session(alerts_of(got)) == Counter({(c, "transcode_stalled"): 1 for c in late})
+        letters = [codec.decode(r.value) for r in read(settings, "deadletter", lambda g: len(g) > len(bad), 3)]
+        assert sorted(d["source"] for d in letters) == sorted(coordinates), workers.logs()
+        for d in letters:
+            record = coordinates[d["source"]]
+            assert d["reason"].startswith("processor_failed: ValueError: ") and "sla_deadline" in d["reason"], d
+            assert d["id"].startswith("processor-") and d["raw"] == record.value
+            assert d["headers"] == {"kafka_key": record.key.decode()}
+            assert d["received_at"] == int(now * 1000)
+        assert not bad_keys & {r.key for r in read(settings, "sessions", lambda g: False, 1)}  # nothing applied
+        commits_reach_the_end(workers)  # every event acked, the bad ones included
+        log_text = (tmp_path / "worker-0.log").read_text()
+        assert log_text.count("could not be processed and was not applied") == len(bad)
+        assert "`enx-streams rebuild` processes it again" in log_text
+    finally:
+        codes = workers.stop()
+    assert codes == [0], workers.logs()
+
+
+def test_a_worker_whose_events_mostly_fail_stops_instead_of_dead_lettering_them_all(bootstrap: str,
+                                                                                    tmp_path: Path) -> None:
+    from streams.processor.rejects import LIMIT
+
+    settings = fresh_settings(bootstrap, tmp_path)
+    now = time.time()
+    produce(settings, [poison(f"bad{i}", now) for i in range(LIMIT + 50)])
+    workers = Workers(settings, tmp_path)
+    try:
+        workers.start(1)
+        deadline = time.monotonic() + 90
+        while workers.procs[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)  # poll interval, bounded by the deadline
+        code = workers.procs[0].poll()
+        log_text = (tmp_path / "worker-0.log").read_text()
+        assert code not in (None, 0), f"exit code {code}\n{workers.logs()}"
+        assert "stopping the worker" in log_text and f"{LIMIT + 1} of the last" in log_text, log_text[-3000:]
+        letters = read(settings, "deadletter", lambda g: len(g) > LIMIT + 1, 3)
+        assert 0 < len(letters) <= LIMIT + 1, f"{len(letters)} dead letters\n{log_text[-3000:]}"
+    finally:
+        workers.stop()

@@ -163,20 +163,6 @@ def test_reason_code(reason, code):
     assert R.reason_code(reason) == code
 
 
-def test_undecodable_record_dead_letter_is_deterministic():
-    a = R.undecodable_dead_letter("enablex.webhooks.v1", 1, 17, T0, b"garbage", b"app/42",
-                                  [("trace", b"x")], "undecodable: no header")
-    b = R.undecodable_dead_letter("enablex.webhooks.v1", 1, 17, T0, b"garbage", b"app/42",
-                                  [("trace", b"x")], "undecodable: no header")
-    other = R.undecodable_dead_letter("enablex.webhooks.v1", 1, 18, T0, b"garbage", None, [], "undecodable: x")
-    assert a == b and a["id"] != other["id"]
-    assert a["source"] == "enablex.webhooks.v1/1/17" and a["received_at"] == T0
-    assert a["headers"] == {"trace": "x", "kafka_key": "app/42"}
-    # it is a valid DeadLetter record, and becomes a row
-    row = R.dead_letter_row(avro_roundtrip("DeadLetter", a))
-    assert row["reason_code"] == "undecodable" and row["raw"] == b"garbage"
-
-
 def test_project_dispatches_by_topic_and_rejects_the_wrong_record():
     assert set(R.project("webhooks", "WebhookEvent", event())) == {"webhook_events", "session_files"}
     assert set(R.project("sessions", "SessionState", session_state())) == {"sessions"}

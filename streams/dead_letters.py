@@ -1,0 +1,38 @@
+"""``DeadLetter`` records for Kafka records a consumer could not use (pure).
+
+Ingest dead-letters the HTTP bodies it rejects (streams/ingest). Downstream, a consumer that cannot use a
+record of a topic it reads keeps going and says so with a dead letter naming the record's coordinates:
+the sink for a record it cannot decode or project, the processor for an event whose handling fails. The
+record itself stays where it is (the webhook log is kept forever), so a fixed version re-processes it
+(``enx-streams rebuild``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+
+def for_record(by: str, topic: str, partition: int, offset: int, timestamp_ms: int, value: bytes | None,
+               key: bytes | None, headers: Iterable[tuple[str, bytes]], reason: str) -> dict[str, Any]:
+    """A ``DeadLetter`` (Avro-shaped) for the record at ``topic/partition/offset`` that consumer ``by``
+    (``sink``, ``processor``) could not use.
+
+    Deterministic from the consumer and the record's coordinates, so a redelivery (or a replay of the log)
+    gives the same id, which collapses under FINAL, while the sink's and the processor's letters for one
+    record stay two. ``received_at`` is ``timestamp_ms`` (the record's time, not the wall clock); ``raw``
+    is the record's value exactly as read; the record's headers and key are kept as headers.
+    """
+    source = f"{topic}/{partition}/{offset}"
+    kept = {str(k): (v or b"").decode("utf-8", "replace") for k, v in headers}
+    if key is not None:
+        kept["kafka_key"] = key.decode("utf-8", "replace")
+    return {
+        "id": f"{by}-" + hashlib.sha256(source.encode()).hexdigest()[:32],
+        "received_at": max(0, int(timestamp_ms)),
+        "reason": reason,
+        "raw": value or b"",
+        "headers": kept,
+        "source": source,
+    }
