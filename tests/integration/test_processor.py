@@ -191,6 +191,17 @@ class Workers:
             parts.append(f"--- {f.name}: events\n" + "\n".join(events[-80:]) + f"\n--- {f.name}: tail\n{text[-2000:]}")
         return "\n".join(parts) + f"\n{task_dumps(self.procs, files)}"
 
+    def failed(self, i: int, timeout_s: float = 90) -> str:
+        """Worker ``i`` exits with an error within ``timeout_s``; its log. It counts as gone from then on (not
+        among the clean stops of ``stop``)."""
+        deadline = time.monotonic() + timeout_s
+        while self.procs[i].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)  # poll interval, bounded by the deadline
+        code = self.procs[i].poll()
+        assert code not in (None, 0), f"worker {i} did not stop with an error (exit code {code})\n{self.logs()}"
+        self.killed.add(i)
+        return (self.tmp / f"worker-{i}.log").read_text()
+
     def check_alive(self) -> None:
         dead = [i for i, p in enumerate(self.procs) if i not in self.killed and p.poll() is not None]
         assert not dead, f"workers {dead} exited\n{self.logs()}"
@@ -458,12 +469,7 @@ def test_a_worker_whose_events_mostly_fail_stops_instead_of_dead_lettering_them_
     workers = Workers(settings, tmp_path)
     try:
         workers.start(1)
-        deadline = time.monotonic() + 90
-        while workers.procs[0].poll() is None and time.monotonic() < deadline:
-            time.sleep(0.3)  # poll interval, bounded by the deadline
-        code = workers.procs[0].poll()
-        log_text = (tmp_path / "worker-0.log").read_text()
-        assert code not in (None, 0), f"exit code {code}\n{workers.logs()}"
+        log_text = workers.failed(0)
         assert "stopping the worker" in log_text and f"{LIMIT + 1} of the last" in log_text, log_text[-3000:]
         letters = read(settings, "deadletter", lambda g: len(g) > LIMIT + 1, 3)
         assert 0 < len(letters) <= LIMIT + 1, f"{len(letters)} dead letters\n{log_text[-3000:]}"
