@@ -91,6 +91,20 @@ def sessions_and_alerts(events: list[dict[str, Any]], now_ms: int, sla_ms: int) 
 
 # -- the data load ------------------------------------------------------------------------------------
 
+PROCESSOR_FAILURES = 2
+
+
+def processor_failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dead letters as the processor writes them for events it could not handle: two of the simulated ones
+    (the dead letter leaves the event's own rows alone)."""
+    from streams import dead_letters
+
+    return [dead_letters.for_record("processor", "enablex.webhooks.v1", n % 8, n, e["received_at"], b"\xc3\x01",
+                                    f"{e['app_id']}/{e['conf_num']}".encode(), [],
+                                    "processor_failed: ValueError: a value SessionState cannot hold")
+            for n, e in enumerate(events[:PROCESSOR_FAILURES])]
+
+
 class Loaded:
     def __init__(self, client: Any, expected: Expected, states: dict[str, str], alerts: list[dict[str, Any]]):
         self.client = client
@@ -127,6 +141,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
             events.append(event)
             for table, projected in rows.project("webhooks", "WebhookEvent", event).items():
                 table_rows[table].extend(projected)
+        table_rows["dead_letters"] += [rows.dead_letter_row(roundtrip("DeadLetter", letter))
+                                       for letter in processor_failures(events)]
         snapshots, alerts = sessions_and_alerts(events, JUDGED_AT_MS, sla_ms)
         table_rows["sessions"] = [rows.session_row(roundtrip("SessionState", s)) for s in snapshots]
         table_rows["sla_alerts"] = [rows.alert_row(roundtrip("SlaAlert", a)) for a in alerts]
@@ -157,14 +173,34 @@ def test_every_panel_returns_rows_with_its_columns(loaded: Loaded, query: dashbo
     assert result, f"{query.dashboard} / {query.panel_title} returned no row"
 
 
-@pytest.mark.parametrize("query", RULES, ids=[q.rule for q in RULES])
-def test_the_alert_rule_fires_for_every_stalled_session(loaded: Loaded, query: dashboards.AlertQuery) -> None:
+def rule(title: str) -> dashboards.AlertQuery:
+    (query,) = [q for q in RULES if q.rule == title]
+    return query
+
+
+def test_every_alert_rule_is_tested_below() -> None:
+    assert sorted(q.rule for q in RULES) == ["Processor could not handle an event", "Transcode stalled"]
+
+
+def test_the_stall_rule_fires_for_every_stalled_session(loaded: Loaded) -> None:
+    query = rule("Transcode stalled")
     columns, result = run(loaded, query.sql)
     assert columns == query.expected_columns
     stalled = {k for k, s in loaded.states.items() if s == "breached"}
     assert len(stalled) == loaded.expected.stalled_sessions > 0
     assert {f"{r[0]}/{r[1]}" for r in result} == stalled
     assert all(r[columns.index("overdue_min")] > 0 for r in result)  # the threshold: > 0
+
+
+def test_the_processor_rule_fires_for_each_event_the_processor_could_not_handle(loaded: Loaded) -> None:
+    query = rule("Processor could not handle an event")
+    columns, result = run(loaded, query.sql)
+    assert columns == query.expected_columns
+    # one instance per processor dead letter: not for the bodies ingest rejected
+    assert sorted(r[columns.index("source")] for r in result) == sorted(
+        f"enablex.webhooks.v1/{n % 8}/{n}" for n in range(PROCESSOR_FAILURES))
+    assert all(r[columns.index("records")] > 0 for r in result)  # the threshold: > 0
+    assert all(r[columns.index("reason")].startswith("processor_failed: ") for r in result)
 
 
 # -- a few panels against what the simulator says it sent ---------------------------------------------
@@ -195,7 +231,7 @@ def test_ingest_counts_match_what_was_sent(loaded: Loaded) -> None:
     e = loaded.expected
     got = one_row(loaded, "enx-streams: ingest health", "Accepted and rejected")
     assert got["accepted"] == e.events  # duplicates collapse under FINAL
-    assert got["rejected"] == e.invalid > 0
+    assert got["rejected"] == e.invalid + PROCESSOR_FAILURES and e.invalid > 0  # every dead letter
     columns, by_type = run(loaded, panel("enx-streams: ingest health", "Events by app and type").sql)
     per_type: dict[str, int] = {}
     for r in by_type:

@@ -140,28 +140,34 @@ def test_select_columns_needs_every_item_named() -> None:
         select_columns("SELECT * FROM t")
 
 
-def test_alert_rule_is_valid_unified_alerting_provisioning() -> None:
+def test_alert_rules_are_valid_unified_alerting_provisioning() -> None:
     doc = yaml.safe_load((PROVISIONING / "alerting" / "enx-alerts.yaml").read_text(encoding="utf-8"))
     assert doc["apiVersion"] == 1
-    rules = [r for g in doc["groups"] for r in g["rules"]]
-    assert [r["uid"] for r in rules] == ["enx-transcode-stalled"]
-    group = doc["groups"][0]
-    assert group["folder"] and group["interval"] and group["orgId"] == 1
-    rule = rules[0]
-    ref_ids = [x["refId"] for x in rule["data"]]
-    assert rule["condition"] in ref_ids and len(set(ref_ids)) == len(ref_ids)
-    for data in rule["data"]:
-        assert data["model"]["refId"] == data["refId"]
-        if data["datasourceUid"] == "__expr__":
-            assert data["model"]["expression"] in ref_ids
-    query = next(x for x in rule["data"] if x["datasourceUid"] == "enx-clickhouse")
-    assert query["model"]["datasource"] == {"type": "grafana-clickhouse-datasource", "uid": "enx-clickhouse"}
-    sql = query["model"]["rawSql"]
-    assert "enablex.sessions FINAL" in sql and "sla_state = 'breached'" in sql
-    assert rule["noDataState"] == "OK" and rule["labels"]["severity"]
+    rules = {r["uid"]: r for g in doc["groups"] for r in g["rules"]}
+    assert list(rules) == ["enx-transcode-stalled", "enx-processor-dead-letters"]
+    for group in doc["groups"]:
+        assert group["folder"] and group["interval"] and group["orgId"] == 1
+    dashboard_uids = {dash["uid"] for dash in d.load_dashboards(JSON_DIR).values()}
+    for rule in rules.values():
+        ref_ids = [x["refId"] for x in rule["data"]]
+        assert rule["condition"] in ref_ids and len(set(ref_ids)) == len(ref_ids)
+        for data in rule["data"]:
+            assert data["model"]["refId"] == data["refId"]
+            if data["datasourceUid"] == "__expr__":
+                assert data["model"]["expression"] in ref_ids
+        query = next(x for x in rule["data"] if x["datasourceUid"] == "enx-clickhouse")
+        assert query["model"]["datasource"] == {"type": "grafana-clickhouse-datasource", "uid": "enx-clickhouse"}
+        assert rule["noDataState"] == "OK" and rule["labels"]["severity"]
+        assert rule["annotations"]["__dashboardUid__"] in dashboard_uids
+    stalled = next(x for x in rules["enx-transcode-stalled"]["data"] if x["refId"] == "A")["model"]["rawSql"]
+    assert "enablex.sessions FINAL" in stalled and "sla_state = 'breached'" in stalled
+    assert rules["enx-transcode-stalled"]["labels"]["severity"] == "page"
+    failed = next(x for x in rules["enx-processor-dead-letters"]["data"] if x["refId"] == "A")["model"]["rawSql"]
+    assert "enablex.dead_letters FINAL" in failed and "reason_code = 'processor_failed'" in failed
     queries = d.alert_rule_queries(PROVISIONING)
-    assert [(q.rule, q.ref_id) for q in queries] == [("Transcode stalled", "A")]
-    assert "overdue_min" in queries[0].expected_columns
+    assert [(q.rule, q.ref_id) for q in queries] == [("Transcode stalled", "A"),
+                                                     ("Processor could not handle an event", "A")]
+    assert "overdue_min" in queries[0].expected_columns and "records" in queries[1].expected_columns
 
 
 def test_provisioning_points_grafana_at_the_datasource_uid_the_panels_use() -> None:
