@@ -14,15 +14,16 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def for_record(by: str, topic: str, partition: int, offset: int, timestamp_ms: int, value: bytes | None,
+def for_record(by: str, topic: str, partition: int, offset: int, timestamp_ms: int, raw: bytes | None,
                key: bytes | None, headers: Iterable[tuple[str, bytes]], reason: str) -> dict[str, Any]:
     """A ``DeadLetter`` (Avro-shaped) for the record at ``topic/partition/offset`` that consumer ``by``
     (``sink``, ``processor``) could not use.
 
     Deterministic from the consumer and the record's coordinates, so a redelivery (or a replay of the log)
     gives the same id, which collapses under FINAL, while the sink's and the processor's letters for one
-    record stay two. ``received_at`` is ``timestamp_ms`` (the record's time, not the wall clock); ``raw``
-    is the record's value exactly as read; the record's headers and key are kept as headers.
+    record stay two. ``received_at`` is ``timestamp_ms`` (the record's time, not the wall clock). ``raw`` is
+    what the letter keeps of it: the record's value exactly as read (the sink, which could not decode
+    it), the body EnableX sent (the processor). The record's headers and key are kept as headers.
     """
     source = f"{topic}/{partition}/{offset}"
     kept = {str(k): (v or b"").decode("utf-8", "replace") for k, v in headers}
@@ -32,7 +33,7 @@ def for_record(by: str, topic: str, partition: int, offset: int, timestamp_ms: i
         "id": f"{by}-" + hashlib.sha256(source.encode()).hexdigest()[:32],
         "received_at": max(0, int(timestamp_ms)),
         "reason": reason,
-        "raw": value or b"",
+        "raw": raw or b"",
         "headers": kept,
         "source": source,
     }

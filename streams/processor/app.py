@@ -188,11 +188,12 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     rejects = RejectLimit()
     deadletter_topic = settings.topic("deadletter")
 
-    async def reject(tp: TP, offset: int, key: bytes | None, value: bytes | None, at_ms: int, exc: Exception) -> None:
+    async def reject(tp: TP, offset: int, key: bytes | None, raw: bytes, at_ms: int, exc: Exception) -> None:
         """An event whose judgement raised: to the dead-letter topic (sent at once, so the commit that passes
-        it waits for it, output.py), not applied; the worker goes on, up to rejects.py's limit."""
+        it waits for it, output.py), not applied; the worker goes on, up to rejects.py's limit. ``raw``: the
+        body EnableX sent (a command's own JSON)."""
         reason = f"{REASON}: {type(exc).__name__}: {exc}"[:1000]
-        letter = dead_letters.for_record("processor", tp.topic, tp.partition, offset, at_ms, value, key, (), reason)
+        letter = dead_letters.for_record("processor", tp.topic, tp.partition, offset, at_ms, raw, key, (), reason)
         await output.send(deadletter_topic, None, codec.encode("DeadLetter", letter))
         log.error("%s[%d] offset %d (key %r) could not be processed and was not applied: %s. It is on %s as %s and "
                   "stays in the log: once the cause is fixed, `enx-streams rebuild` processes it again",
@@ -244,7 +245,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             change = rules.on_event(parts_of(name), record, sla_s)
             records = rendered(change)
         except Exception as exc:  # noqa: BLE001 - pure (the record, its session's state): fails in any worker
-            await reject(TP(log_topic, partition), offset, key, value, record["received_at"], exc)
+            await reject(TP(log_topic, partition), offset, key, (record.get("raw") or "").encode(),
+                         record["received_at"], exc)
             return
         rejects.passed()
         await apply(name, key, partition, change, records)

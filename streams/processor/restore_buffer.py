@@ -3,11 +3,11 @@
 faust resumes the flow during a restore so that the changelogs can be read, and records fetched just before
 the stream partitions were paused can then reach the agent's queue (the first ones from the committed
 offset). Judged during the restore, such an event would see keys set back to older values by the replay
-of a changelog (two sessions' alerts were raised a second time so, once in CI). Dropping it is not safe either: aiokafka seeks back only to a committed offset above 0, so
-for a group that has committed nothing yet it would never be delivered again. So the agent keeps taking
-events (the conductor, which delivers the changelogs too, must never block on its queue) and holds them
-here; once the restore has ended they are handled first, in the order taken. Pure bookkeeping: the agent
-says whether a restore is running.
+of a changelog (two sessions' alerts were raised a second time so, once in CI). Dropping it is not safe
+either: aiokafka seeks back only to a committed offset above 0, so for a group that has committed nothing
+yet it would never be delivered again. So the agent keeps taking events (the conductor, which delivers the
+changelogs too, must never block on its queue) and holds them here; once the restore has ended they are
+handled first, in the order taken. Pure bookkeeping: the agent says whether a restore is running.
 """
 
 from __future__ import annotations

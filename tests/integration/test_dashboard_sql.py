@@ -99,8 +99,8 @@ def processor_failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (the dead letter leaves the event's own rows alone)."""
     from streams import dead_letters
 
-    return [dead_letters.for_record("processor", "enablex.webhooks.v1", n % 8, n, e["received_at"], b"\xc3\x01",
-                                    f"{e['app_id']}/{e['conf_num']}".encode(), [],
+    return [dead_letters.for_record("processor", "enablex.webhooks.v1", n % 8, n, e["received_at"],
+                                    e["raw"].encode(), f"{e['app_id']}/{e['conf_num']}".encode(), [],
                                     "processor_failed: ValueError: a value SessionState cannot hold")
             for n, e in enumerate(events[:PROCESSOR_FAILURES])]
 
