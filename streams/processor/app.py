@@ -147,7 +147,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     # the index is rebuilt from the tables after every rebalance (tables restored from changelogs)
     reindex = {"needed": True, "generation": 0}
 
-    output = Output(app)
+    output = Output.install(app)
     serializers = app.serializers
 
     def parts_of(name: str) -> dict[str, dict | None]:

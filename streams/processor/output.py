@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -41,35 +42,42 @@ class OutputError(RuntimeError):
 
 
 class Output:
-    """Sends snapshots and alerts at once, table changes at faust's next flush (see the module doc)."""
+    """Sends snapshots and alerts at once, table changes at the next flush (see the module doc).
 
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
+    ``flush`` is the producer's own flush (returns once everything sent so far is acknowledged or failed);
+    ``producer()`` the aiokafka producer to send with. :meth:`install` wires one to faust's producer."""
+
+    def __init__(self, flush: Callable[[], Awaitable[None]], producer: Callable[[], Any]) -> None:
         self.failed: BaseException | None = None
         self._held: dict[tuple[str, int, bytes], bytes | None] = {}  # (changelog, partition, key) -> value
+        self._flush = flush
+        self._producer = producer
+        self._one_at_a_time = asyncio.Lock()  # a commit's flush must not pass a revocation's still sending
+
+    @classmethod
+    def install(cls, app: faust.App) -> Output:
+        """An Output on the aiokafka producer faust runs, whose every flush (before each commit and on each
+        revocation) becomes :meth:`flush`."""
         producer = app.producer
-        flush = producer.flush
-        one_at_a_time = asyncio.Lock()  # a commit's flush must not pass a revocation's still sending
+        output = cls(producer.flush, producer._ensure_producer)
+        producer.flush = output.flush  # type: ignore[method-assign]
+        return output
 
-        async def flush_in_order() -> None:
-            async with one_at_a_time:
-                await flush_held()
-
-        async def flush_held() -> None:
+    async def flush(self) -> None:
+        """Everything sent so far acknowledged, then the held changes sent and acknowledged; one at a time."""
+        async with self._one_at_a_time:
             held, self._held = self._held, {}  # changes made from now on wait for the next flush
             try:
-                await flush()  # (1) the snapshots and alerts of the held changes are in Kafka
+                await self._flush()  # (1) the snapshots and alerts of the held changes are in Kafka
                 self.check()
                 for (topic, partition, key), value in held.items():
                     await self.send(topic, key, value, partition)  # (2)
-                await flush()  # (3)
+                await self._flush()  # (3)
                 self.check()
             except BaseException:
                 # not sent, or not known to be: the next flush sends them (again), newer changes win
                 self._held = {**held, **self._held}
                 raise
-
-        producer.flush = flush_in_order  # type: ignore[method-assign]
 
     def hold(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         """A table change for the changelog, sent by the next flush (``value=None`` deletes the key)."""
@@ -84,8 +92,7 @@ class Output:
     async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """Queue one record (``value=None`` is a tombstone; ``partition=None``: the key's default partition)."""
         self.check()
-        producer = self._app.producer._ensure_producer()  # the aiokafka producer faust started
-        sent = await producer.send(topic, value=value, key=key, partition=partition)
+        sent = await self._producer().send(topic, value=value, key=key, partition=partition)
         sent.add_done_callback(self._done)
 
     def _done(self, sent: asyncio.Future[Any]) -> None:

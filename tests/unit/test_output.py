@@ -1,0 +1,152 @@
+"""The order in which the processor's records reach Kafka (streams/processor/output.py).
+
+``Kafka`` below stands in for the aiokafka producer at the edge Output uses (send returns a future,
+flush resolves everything sent so far), recording every call in order. That Output is wired into faust's
+commits, and that a refused record stops the worker, are shown on the real broker
+(tests/faults/test_output_refused.py, tests/faults/test_worker_killed.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from streams.processor.output import Output, OutputError
+
+SESSIONS, CHANGELOG = "enablex.sessions.v1", "processor-recording-changelog"
+
+
+class Kafka:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.pending: list[asyncio.Future] = []
+        self.gate: asyncio.Event | None = None  # set: the next flush waits for it
+        self.flush_error: BaseException | None = None  # the next flush raises it (after the gate)
+        self.record_error: BaseException | None = None  # the records pending at the next flush fail with it
+
+    async def send(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        self.calls.append(("send", topic, key, value, partition))
+        return future
+
+    async def flush(self) -> None:
+        self.calls.append(("flush",))
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            await gate.wait()
+        self.calls.append(("flushed",))
+        if self.flush_error is not None:
+            error, self.flush_error = self.flush_error, None
+            raise error
+        pending, self.pending = self.pending, []
+        for future in pending:
+            if self.record_error is not None:
+                future.set_exception(self.record_error)
+            else:
+                future.set_result(None)
+        await asyncio.sleep(0)  # as in aiokafka, the records' callbacks have run when flush returns
+
+    def sent(self) -> list[tuple]:
+        return [c[1:] for c in self.calls if c[0] == "send"]
+
+
+def output() -> tuple[Output, Kafka]:
+    kafka = Kafka()
+    return Output(kafka.flush, lambda: kafka), kafka
+
+
+def test_snapshots_go_at_once_and_table_changes_after_them_at_the_flush() -> None:
+    async def scenario() -> None:
+        out, kafka = output()
+        await out.send(SESSIONS, b"a/1", b"snapshot-1")
+        out.hold(CHANGELOG, 3, b"a/1", b"part-1")
+        out.hold(CHANGELOG, 3, b"a/1", b"part-2")  # the same key again: only the latest is written
+        out.hold(CHANGELOG, 0, b"a/2", None)  # a deletion
+        assert kafka.calls == [("send", SESSIONS, b"a/1", b"snapshot-1", None)]
+        await out.flush()
+        assert kafka.calls == [("send", SESSIONS, b"a/1", b"snapshot-1", None),
+                               ("flush",), ("flushed",),  # (1) the snapshot acknowledged first
+                               ("send", CHANGELOG, b"a/1", b"part-2", 3), ("send", CHANGELOG, b"a/2", None, 0),
+                               ("flush",), ("flushed",)]  # (3) and the changes before the flush returns
+        await out.flush()  # nothing held any more: nothing sent again
+        assert len(kafka.sent()) == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_change_held_while_a_flush_runs_waits_for_the_next_one() -> None:
+    async def scenario() -> None:
+        out, kafka = output()
+        out.hold(CHANGELOG, 0, b"a/1", b"old")
+        gate = kafka.gate = asyncio.Event()
+        flushing = asyncio.create_task(out.flush())
+        await asyncio.sleep(0)
+        out.hold(CHANGELOG, 0, b"a/2", b"new")  # its snapshot may not be acknowledged by this flush
+        gate.set()
+        await flushing
+        assert kafka.sent() == [(CHANGELOG, b"a/1", b"old", 0)]
+        await out.flush()
+        assert kafka.sent() == [(CHANGELOG, b"a/1", b"old", 0), (CHANGELOG, b"a/2", b"new", 0)]
+
+    asyncio.run(scenario())
+
+
+def test_flushes_run_one_at_a_time() -> None:
+    async def scenario() -> None:
+        out, kafka = output()
+        out.hold(CHANGELOG, 0, b"a/1", b"v1")
+        gate = kafka.gate = asyncio.Event()
+        first = asyncio.create_task(out.flush())  # e.g. a revocation's
+        await asyncio.sleep(0)
+        second = asyncio.create_task(out.flush())  # a commit's, meanwhile
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert kafka.calls == [("flush",)]  # the second has not started while the first waits
+        gate.set()
+        await asyncio.gather(first, second)
+        assert kafka.calls == [("flush",), ("flushed",), ("send", CHANGELOG, b"a/1", b"v1", 0), ("flush",),
+                               ("flushed",), ("flush",), ("flushed",), ("flush",), ("flushed",)]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_flush_keeps_its_changes_for_the_next_and_newer_changes_win() -> None:
+    async def scenario() -> None:
+        out, kafka = output()
+        out.hold(CHANGELOG, 0, b"a/1", b"v1")
+        out.hold(CHANGELOG, 0, b"a/2", b"v1")
+        gate = kafka.gate = asyncio.Event()
+        kafka.flush_error = ConnectionError("broker gone")
+        flushing = asyncio.create_task(out.flush())
+        await asyncio.sleep(0)
+        out.hold(CHANGELOG, 0, b"a/2", b"v2")  # changed again while the flush failed
+        gate.set()
+        with pytest.raises(ConnectionError):
+            await flushing
+        assert kafka.sent() == []
+        await out.flush()
+        assert sorted(kafka.sent()) == [(CHANGELOG, b"a/1", b"v1", 0), (CHANGELOG, b"a/2", b"v2", 0)]
+
+    asyncio.run(scenario())
+
+
+def test_a_record_that_failed_stops_every_later_send_and_flush() -> None:
+    async def scenario() -> None:
+        out, kafka = output()
+        await out.send(SESSIONS, b"a/1", b"snapshot")
+        out.hold(CHANGELOG, 0, b"a/1", b"part")
+        kafka.record_error = ValueError("MessageSizeTooLargeError")
+        with pytest.raises(OutputError, match="no offset is committed past it"):
+            await out.flush()  # the snapshot failed: its table change must not be written
+        assert kafka.sent() == [(SESSIONS, b"a/1", b"snapshot", None)]
+        with pytest.raises(OutputError):
+            await out.send(SESSIONS, b"a/2", b"snapshot")
+        kafka.record_error = None
+        with pytest.raises(OutputError):
+            await out.flush()  # for good: the worker must restart from its last commit
+        assert kafka.sent() == [(SESSIONS, b"a/1", b"snapshot", None)]
+
+    asyncio.run(scenario())
