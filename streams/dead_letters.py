@@ -13,6 +13,8 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+LONG_MAX = 2**63 - 1  # Avro's long
+
 
 def for_record(by: str, topic: str, partition: int, offset: int, timestamp_ms: int, raw: bytes | None,
                key: bytes | None, headers: Iterable[tuple[str, bytes]], reason: str) -> dict[str, Any]:
@@ -31,7 +33,7 @@ def for_record(by: str, topic: str, partition: int, offset: int, timestamp_ms: i
         kept["kafka_key"] = key.decode("utf-8", "replace")
     return {
         "id": f"{by}-" + hashlib.sha256(source.encode()).hexdigest()[:32],
-        "received_at": max(0, int(timestamp_ms)),
+        "received_at": min(max(0, int(timestamp_ms)), LONG_MAX),
         "reason": reason,
         "raw": raw or b"",
         "headers": kept,

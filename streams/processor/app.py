@@ -295,7 +295,10 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
             records = rendered(change)
         except Exception as exc:  # noqa: BLE001 - as for a webhook
-            await reject(tp, message.offset, key, event.value, now * 1000, exc)
+            # the watch would send it again every RESEND_S, and it would fail the same way until the session's
+            # next event: out of the index until then (or the next rebalance's reindex)
+            index.set(key.decode("utf-8", "replace"), tp.partition, None)
+            await reject(tp, message.offset, key, event.value, int((message.timestamp or time.time()) * 1000), exc)
             return
         rejects.passed()
         if change.after is None and change.before is not None:
@@ -351,6 +354,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                 event = await (asyncio.wait_for(queue.get(), HELD_POLL_S) if len(held) else queue.get())
             except asyncio.TimeoutError:
                 continue  # the restore may have ended
+            except StopAsyncIteration:
+                return  # faust ends its streams so when the worker stops, as its own iterator takes it
             for event in held.offer(event, app.in_recovery):
                 await consume(event)
 

@@ -35,6 +35,7 @@ from streams.avro import default_codec
 from streams.broker.topics import contract_topics, ensure_topics
 from streams.config import Settings
 from streams.events import event_id_of
+from streams.processor.app import command_topic
 from streams.processor.watch import partition_of
 from tests.offsets import behind
 from tests.polling import task_dumps
@@ -457,9 +458,30 @@ def test_a_record_the_processor_cannot_handle_is_dead_lettered_and_the_rest_flow
         log_text = (tmp_path / "worker-0.log").read_text()
         assert log_text.count("could not be processed and was not applied") == len(bad)
         assert "`enx-streams rebuild` processes it again" in log_text
+
+        # a command whose judgement fails is dead-lettered too: one whose key is no text (the watch never sends
+        # one; another producer could)
+        command = json.dumps({"op": "stall", "now": int(now * 1000)}).encode()
+        asyncio.run(_send(settings.kafka_bootstrap, command_topic(settings), b"\xff\xfe", command))
+        got = read(settings, "deadletter", lambda g: len(g) > len(bad), 30)
+        (letter,) = [codec.decode(r.value) for r in got if codec.decode(r.value)["source"] not in coordinates]
+        assert letter["source"].startswith(f"{command_topic(settings)}/"), letter
+        assert letter["reason"].startswith("processor_failed: UnicodeDecodeError: "), letter
+        assert letter["raw"] == command and letter["headers"] == {"kafka_key": "\ufffd\ufffd"}, letter
+        assert abs(letter["received_at"] / 1000 - time.time()) < 120  # the command record's own time
+        workers.check_alive()
     finally:
         codes = workers.stop()
     assert codes == [0], workers.logs()
+
+
+async def _send(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
 
 
 def test_a_worker_whose_events_mostly_fail_stops_instead_of_dead_lettering_them_all(bootstrap: str,

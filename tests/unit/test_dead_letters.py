@@ -33,6 +33,8 @@ def test_coordinates_time_key_and_headers_are_kept():
     assert a["headers"] == {"trace": "x", "kafka_key": "app/42"}
     assert letter(key=None, headers=[("bad", b"\xff")])["headers"] == {"bad": "\ufffd"}
     assert dead_letters.for_record("sink", "t", 0, 0, -5, None, None, [], "r")["received_at"] == 0
+    huge = dead_letters.for_record("processor", "t", 0, 0, 10**23, None, None, [], "r")
+    assert huge["received_at"] == 2**63 - 1 and codec.decode(codec.encode("DeadLetter", huge)) == huge
 
 
 def test_it_is_a_valid_dead_letter_that_becomes_a_row():
