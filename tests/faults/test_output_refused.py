@@ -14,27 +14,13 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
 from streams.broker.topics import COMPACTED, TopicSpec, contract_topics, ensure_topics
 from streams.config import Settings
 from tests.faults.record import record_result
 from tests.integration.test_processor import (APP, PARTITIONS, Workers, commits_reach_the_end, confs, event,
                                               produce, read)
 from tests.offsets import behind
-
-
-async def _set_configs(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
-    """Replace the topic's dynamic configs with ``configs`` (those not named return to the defaults)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        responses = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
-        errors = [res for resp in responses for res in resp.resources if res[0] != 0]
-        assert not errors, errors
-    finally:
-        await admin.close()
+from tests.topic_configs import alter_topic_configs
 
 
 def sessions_refusing(settings: Settings) -> list[TopicSpec]:
@@ -61,7 +47,8 @@ def test_processor_records_refused_by_kafka(bootstrap: str, tmp_path: Path) -> N
         assert sum(left.values()) == len(names), f"committed past refused snapshots: {left}\n{first_log[-3000:]}"
 
         # Kafka takes the snapshots again: a new worker re-processes from the commit and publishes them all
-        asyncio.run(_set_configs(bootstrap, settings.topic("sessions"), dict(COMPACTED)))
+        asyncio.run(alter_topic_configs(bootstrap, settings.topic("sessions"), COMPACTED,
+                                        lambda c: c.get("max.message.bytes") not in (None, "64")))
         workers.start(1)
         keys = {f"{APP}/{c}".encode() for c in names}
 

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams import config
 from streams.broker.topics import TopicConflict, contract_topics, describe_topic_configs, ensure_topics
+from tests.topic_configs import alter_topic_configs
 
 
 def _settings(bootstrap: str, partitions: int = 3) -> config.Settings:
@@ -52,16 +52,8 @@ def test_contradicting_topic_is_reported_not_used(bootstrap: str) -> None:
     settings = _settings(bootstrap)
     asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
 
-    async def shorten_retention() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic("webhooks"),
-                                                      configs={"retention.ms": "3600000"})])
-        finally:
-            await admin.close()
-
-    asyncio.run(shorten_retention())
+    asyncio.run(alter_topic_configs(bootstrap, settings.topic("webhooks"), {"retention.ms": "3600000"},
+                                    lambda c: c.get("retention.ms") == "3600000"))
     with pytest.raises(TopicConflict, match=r"webhooks\.v1 has retention\.ms=3600000.*retention\.ms=-1"):
         asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
 
