@@ -245,7 +245,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             change = rules.on_event(parts_of(name), record, sla_s)
             records = rendered(change)
         except Exception as exc:  # noqa: BLE001 - pure (the record, its session's state): fails in any worker
-            await reject(TP(log_topic, partition), offset, key, (record.get("raw") or "").encode(),
+            await reject(TP(log_topic, partition), offset, key, (record.get("raw") or "").encode("utf-8", "replace"),
                          record["received_at"], exc)
             return
         rejects.passed()
