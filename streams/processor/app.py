@@ -20,9 +20,10 @@
 - An event whose judgement fails (the rules, or the encoding of what they publish, raise: a record no
   version of the rules foresaw, a value the schemas cannot hold) is not applied: it goes to the
   dead-letter topic (reason ``processor_failed: ...``, source ``topic/partition/offset``, an id derived
-  from those) and is acked, so one bad record neither stops its partition nor holds its commits back. A
-  worker that sees too many of them stops instead (rejects.py). Failures to write to Kafka are not
-  dead-lettered: they stop the commits (output.py).
+  from those) and acked once a later event has been handled, so one bad record neither stops its
+  partition nor holds its commits back. A worker that sees too many of them stops instead (rejects.py),
+  and, having acked none since its last handled event, a restarted worker stops at the same place.
+  Failures to write to Kafka are not dead-lettered: they stop the commits (output.py).
 - Two guards against faust-streaming 0.15.3 losing webhook records around a rebalance (both found by the
   worker-kill fault test, both logged when they act): the agent checks that it receives every offset of
   the log and reads a missing run back itself (gaps.py); the watch puts a partition that delivers nothing
@@ -75,6 +76,10 @@ REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop af
 
 class StaleEvent(Exception):
     """The event being handled stopped being this worker's to apply (a rebalance or a restore began)."""
+
+
+class Rejected(Exception):
+    """The event was dead-lettered (``reject``): not applied, and acked only once a later event is handled."""
 
 
 def app_id(settings: Settings) -> str:
@@ -188,17 +193,22 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     rejects = RejectLimit()
     deadletter_topic = settings.topic("deadletter")
 
-    async def reject(tp: TP, offset: int, key: bytes | None, raw: bytes, at_ms: int, exc: Exception) -> None:
+    async def reject(tp: TP, offset: int, key: bytes | None, raw: bytes, exc: Exception, then: str,
+                     identity: str = "") -> None:
         """An event whose judgement raised: to the dead-letter topic (sent at once, so the commit that passes
-        it waits for it, output.py), not applied; the worker goes on, up to rejects.py's limit. ``raw``: the
-        body EnableX sent (a command's own JSON)."""
-        reason = f"{REASON}: {type(exc).__name__}: {exc}"[:1000]
-        letter = dead_letters.for_record("processor", tp.topic, tp.partition, offset, at_ms, raw, key, (), reason)
+        it waits for it, output.py) and not applied; raises :class:`Rejected` (or :class:`TooManyRejects`,
+        rejects.py). ``raw``: the body EnableX sent (a command's own JSON); ``then``: what becomes of it."""
+        if not live():  # judged against tables that were no longer this worker's: not the event's fault
+            raise StaleEvent(f"{tp.topic}[{tp.partition}] offset {offset}: a rebalance or a table restore began "
+                             f"before its failure was dead-lettered")
+        reason = f"{REASON}: {type(exc).__name__}: {exc}"[:1000].encode("utf-8", "replace").decode()
+        letter = dead_letters.for_record("processor", tp.topic, tp.partition, offset, int(clock() * 1000), raw, key,
+                                         (), reason, identity=identity)
         await output.send(deadletter_topic, None, codec.encode("DeadLetter", letter))
-        log.error("%s[%d] offset %d (key %r) could not be processed and was not applied: %s. It is on %s as %s and "
-                  "stays in the log: once the cause is fixed, `enx-streams rebuild` processes it again",
-                  tp.topic, tp.partition, offset, key, reason, deadletter_topic, letter["id"], exc_info=exc)
+        log.error("%s[%d] offset %d (key %r) could not be processed and was not applied: %s. It is on %s as %s. %s",
+                  tp.topic, tp.partition, offset, key, reason, deadletter_topic, letter["id"], then, exc_info=exc)
         rejects.failed()  # raises when too many have failed recently
+        raise Rejected(letter["id"])
 
     partition_heard: dict[int, float] = {}  # webhook partition -> when the agent last received from it
     continuity = Continuity()
@@ -246,8 +256,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             records = rendered(change)
         except Exception as exc:  # noqa: BLE001 - pure (the record, its session's state): fails in any worker
             await reject(TP(log_topic, partition), offset, key, (record.get("raw") or "").encode("utf-8", "replace"),
-                         record["received_at"], exc)
-            return
+                         exc, "It stays in the log: once the cause is fixed, `enx-streams rebuild` processes it again")
         rejects.passed()
         await apply(name, key, partition, change, records)
 
@@ -262,7 +271,10 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                       "worker restarts", tp.topic, tp.partition, holes.start, holes.stop - 1, exc)
             return
         for r in records:
-            await on_webhook(tp.partition, r.offset, r.key, r.value)
+            try:
+                await on_webhook(tp.partition, r.offset, r.key, r.value)
+            except Rejected:
+                pass  # dead-lettered; acked with the hole below (a hole's records are not held back)
         consumer = app.consumer
         committed_at = consumer._committed_offset.get(tp)
         acked, acked_index = consumer._acked[tp], consumer._acked_index[tp]
@@ -298,8 +310,10 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             # the watch would send it again every RESEND_S, and it would fail the same way until the session's
             # next event: out of the index until then (or the next rebalance's reindex)
             index.set(key.decode("utf-8", "replace"), tp.partition, None)
-            await reject(tp, message.offset, key, event.value, int((message.timestamp or time.time()) * 1000), exc)
-            return
+            # the command topic is recreated by a rebuild: its offsets repeat, the record's time tells them apart
+            await reject(tp, message.offset, key, event.value, exc,
+                         "The SLA watch sends it again after the next rebalance, or after the session's next event",
+                         identity=str(message.timestamp))
         rejects.passed()
         if change.after is None and change.before is not None:
             log.info("session %s left the tables after its retention", name)
@@ -313,9 +327,9 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         context, three nested async generators; about 7% of the processor's time when measured). The queue
         is faust's own (flow control, back-pressure on the fetcher, cleared on a rebalance); an event of an
         earlier consumer generation, or one a rebalance overtook while it was handled, is not applied nor
-        acked. An event whose judgement fails is dead-lettered and acked (``reject``); one whose handling
-        raises otherwise (Kafka unreachable) is not acked (faust's iterator would ack it): no commit passes
-        it, and the worker processes it again when it restarts.
+        acked. An event whose judgement fails is dead-lettered (``reject``) and acked once a later event has
+        been handled; one whose handling raises otherwise (Kafka unreachable) is not acked (faust's iterator
+        would ack it): no commit passes it, and the worker processes it again when it restarts.
 
         An event taken while the tables are being restored waits until the restore has ended, and is then
         handled before anything taken after it (restore_buffer.py says why it is neither judged during
@@ -323,10 +337,14 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         await stream.maybe_start()
         queue = stream.channel.queue
         held: RestoreBuffer[EventT] = RestoreBuffer()
+        rejected: list[EventT] = []  # dead-lettered, acked once a later event is handled
         handled = 0
+        halted = False
 
         async def consume(event: EventT) -> None:
-            nonlocal handled
+            nonlocal handled, halted
+            if halted:
+                return  # the worker is stopping (too many rejects): nothing more is handled nor acked
             taken["generation"] = event.message.generation_id
             if not live():
                 return  # queued before a rebalance: not acked, the partition's owner processes it
@@ -335,10 +353,20 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             except StaleEvent as exc:
                 log.info("not applied, the partition's owner processes it from the committed offset: %s", exc)
                 return
+            except Rejected:
+                # Not acked yet: if the processor itself is at fault, nothing after its last handled event is
+                # committed, and a restarted worker stops at the same place instead of dead-lettering more.
+                rejected.append(event)
+                return
             except TooManyRejects as exc:
+                halted = True
                 log.critical("stopping the worker: %s", exc)
-                await app.crash(exc)  # the worker exits with an error; the event is not acked
-                raise
+                await app.crash(exc)  # the worker exits with an error; the rejected events are not acked
+                return
+            for earlier in rejected:
+                if earlier.message.generation_id == taken["generation"]:
+                    await stream.ack(earlier)  # else: revoked meanwhile, the partition's owner re-judges it
+            rejected.clear()
             await stream.ack(event)
             handled += 1
             if handled % YIELD_EVERY == 0:

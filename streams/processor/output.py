@@ -2,14 +2,15 @@
 makes a crash at any moment lose nothing.
 
 Every event the agent processes changes one table part (a changelog record) and publishes a session
-snapshot, sometimes an alert. Through faust's per-message path (``Topic.send``, ``Table.__setitem__``: a
+snapshot, sometimes an alert; an event it cannot handle publishes a dead letter instead. Through faust's per-message path (``Topic.send``, ``Table.__setitem__``: a
 FutureMessage, the ProducerBuffer's task, sensors, callbacks) each record cost about 70 µs of the event
 loop, more than the rest of the event's processing (bench/README.md). :class:`Output` appends them to the
 aiokafka producer that faust runs, a few µs each.
 
 The order is what at-least-once needs. Re-processing an event whose table change already reached the
 changelog is a no-op (merging is idempotent), so it would not publish the event's snapshot and alerts
-again: those must be in Kafka before the table change is. So snapshots and alerts are sent at once, and
+again: those must be in Kafka before the table change is. So snapshots, alerts and dead letters are sent at
+once, and
 table changes are held (the latest value per table and key) until faust flushes its producer, which it
 does before every commit and on every revocation (``Consumer._commit_offsets`` and
 ``App._on_partitions_revoked`` -> ``Producer.flush``). The flush then (1) waits until everything sent so far

@@ -6,6 +6,11 @@ goes on: one bad record must not stop a partition's SLA alerts, nor hold its com
 when many events fail, the cause is the processor (a bug, an incompatible upgrade), not the records, and
 dead-lettering them all would empty the state quietly. So, as Arroyo's ``DlqLimit`` does, a worker gives
 up once more than ``limit`` of the last ``window`` events it judged have failed.
+
+The count lives in one process. What makes a restart stop at the same place is the agent's: it acks a
+dead-lettered event only once it has handled a later one, so when nothing succeeds nothing past the first
+failure is committed. A failure rate above the limit's with successes in between still moves on, one
+stop per window or so, each failure on the dead-letter topic.
 """
 
 from __future__ import annotations

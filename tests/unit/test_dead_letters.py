@@ -41,3 +41,12 @@ def test_it_is_a_valid_dead_letter_that_becomes_a_row():
     row = R.dead_letter_row(codec.decode(codec.encode("DeadLetter", letter())))
     assert row["reason_code"] == "undecodable" and row["raw"] == b"garbage"
     assert row["source"] == "enablex.webhooks.v1/1/17"
+
+
+def test_an_identity_tells_apart_records_at_the_same_coordinates_of_a_recreated_topic():
+    def at(identity: str) -> str:
+        return dead_letters.for_record("processor", "p.processor-commands", 0, 5, T0, b"{}", None, [], "r",
+                                       identity=identity)["id"]
+    assert at("1764633600.123") != at("1764637200.456")
+    assert at("1764633600.123") == at("1764633600.123")
+    assert at("") == dead_letters.for_record("processor", "p.processor-commands", 0, 5, T0, b"{}", None, [], "r")["id"]
