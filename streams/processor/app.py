@@ -216,14 +216,21 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
 
     taken = {"generation": -1}  # the consumer generation of the event being handled
 
+    def settling() -> bool:
+        """A rebalance has begun and faust has not finished it: from the revocation to "Worker ready", which
+        restores the tables and only then seeks the stream partitions to the committed offsets. Until
+        that seek faust's consumer has forgotten the committed offsets of the partitions it keeps (so
+        neither its acks nor gaps.py can tell where a partition starts), and the flow is resumed during
+        the restore. The agent holds what it takes meanwhile (see ``process``)."""
+        return app.in_recovery or app.rebalancing
+
     def live() -> bool:
         """Whether the event being handled is still this worker's to apply: not when a rebalance has begun
         (faust suspends the flow) or ended (a new generation) since it was taken, as faust's own stream
         iterator judges it. Its partition may have moved; its owner processes it from the commit.
 
-        Nor while the tables are being restored, which faust's iterator does not check (the agent holds
-        the events taken meanwhile, see ``process``)."""
-        return (app.flow_control.is_active() and not app.in_recovery
+        Nor while faust settles a rebalance (``settling``), which its iterator does not check."""
+        return (app.flow_control.is_active() and not settling()
                 and app.consumer_generation_id == taken["generation"])
 
     async def apply(name: str, key: bytes, partition: int, change: rules.Transition,
@@ -331,9 +338,9 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         been handled; one whose handling raises otherwise (Kafka unreachable) is not acked (faust's iterator
         would ack it): no commit passes it, and the worker processes it again when it restarts.
 
-        An event taken while the tables are being restored waits until the restore has ended, and is then
-        handled before anything taken after it (restore_buffer.py says why it is neither judged during
-        the restore nor dropped)."""
+        An event taken while faust settles a rebalance (restores the tables, seeks the partitions) waits
+        until it is done, and is then handled before anything taken after it (restore_buffer.py says why
+        it is neither judged meanwhile nor dropped)."""
         await stream.maybe_start()
         queue = stream.channel.queue
         held: RestoreBuffer[EventT] = RestoreBuffer()
@@ -373,9 +380,9 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                 await asyncio.sleep(0)  # a long backlog never returns to the loop by itself
 
         while True:
-            released = held.release(app.in_recovery)
+            released = held.release(settling())
             if released:
-                log.info("tables restored: handling the %d events that arrived meanwhile", len(released))
+                log.info("rebalance done: handling the %d events that arrived meanwhile", len(released))
             for event in released:
                 await consume(event)  # re-checks the generation: a rebalance since drops them
             try:
@@ -384,7 +391,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                 continue  # the restore may have ended
             except StopAsyncIteration:
                 return  # faust ends its streams so when the worker stops, as its own iterator takes it
-            for event in held.offer(event, app.in_recovery):
+            for event in held.offer(event, settling()):
                 await consume(event)
 
     @app.on_before_shutdown.connect
@@ -484,8 +491,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
 
     @app.timer(interval=SWEEP_INTERVAL_S)
     async def watch() -> None:
-        if app.in_recovery:
-            return  # the tables are being restored; the agent is paused too
+        if settling():
+            return  # a rebalance is not done yet (the tables restored, the partitions sought); the agent waits too
         try:
             assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == log_topic}
         except Exception:  # noqa: BLE001 - no consumer yet (starting) or between generations
