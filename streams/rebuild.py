@@ -57,6 +57,29 @@ class Progress:
         return self.processed >= self.total and self.sunk >= self.to_sink
 
 
+class StandingStill:
+    """Whether the replay has stood still for ``after_s`` without being done: true once per stop of its
+    progress (moving again re-arms it). Pure: the caller gives the time."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._last: Progress | None = None
+        self._since = 0.0
+        self._told = False
+
+    def __call__(self, now: Progress, at_s: float) -> bool:
+        if now != self._last or now.done:
+            self._last, self._since, self._told = now, at_s, False
+            return False
+        if self._told or at_s - self._since < self.after_s:
+            return False
+        self._told = True
+        return True
+
+
+STILL_S = 120.0  # a replay that stands still this long is said to (a worker may be stuck)
+
+
 def processor_group(settings: config.Settings) -> str:
     from streams.processor.app import app_id
 
@@ -243,6 +266,7 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
             deadline = time.monotonic() + timeout_s
             stable_since: float | None = None
             last: Progress | None = None
+            still = StandingStill(STILL_S)
             while True:
                 for name, worker in workers.items():
                     if worker.poll() is not None:
@@ -260,6 +284,12 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
                 else:
                     stable_since = None
                 last = now
+                if still(now, time.monotonic()):
+                    bar.console.print(
+                        f"warning: no progress for {STILL_S:.0f} s ({now.processed} of {now.total} events replayed, "
+                        f"{now.sunk} of {now.to_sink} records written): a worker may be stuck; see "
+                        f"{logs}/rebuild-*.log. The rebuild waits up to {timeout_s:.0f} s in all; Ctrl-C stops it "
+                        f"and `enx-streams rebuild` starts it over.")
                 if time.monotonic() > deadline:
                     raise RebuildError(f"the rebuild did not finish within {timeout_s:.0f} s; see {logs}/rebuild-*.log")
                 time.sleep(0.5)  # progress poll interval
