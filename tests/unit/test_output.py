@@ -23,6 +23,7 @@ class Kafka:
         self.calls: list[tuple] = []
         self.pending: list[asyncio.Future] = []
         self.gate: asyncio.Event | None = None  # set: the next flush waits for it
+        self.waiting = asyncio.Event()  # a flush is waiting at the gate
         self.flush_error: BaseException | None = None  # the next flush raises it (after the gate)
         self.record_error: BaseException | None = None  # the records pending at the next flush fail with it
 
@@ -36,6 +37,7 @@ class Kafka:
         self.calls.append(("flush",))
         gate, self.gate = self.gate, None
         if gate is not None:
+            self.waiting.set()
             await gate.wait()
         self.calls.append(("flushed",))
         if self.flush_error is not None:
@@ -83,7 +85,7 @@ def test_a_change_held_while_a_flush_runs_waits_for_the_next_one() -> None:
         out.hold(CHANGELOG, 0, b"a/1", b"old")
         gate = kafka.gate = asyncio.Event()
         flushing = asyncio.create_task(out.flush())
-        await asyncio.sleep(0)
+        await kafka.waiting.wait()
         out.hold(CHANGELOG, 0, b"a/2", b"new")  # its snapshot may not be acknowledged by this flush
         gate.set()
         await flushing
@@ -100,10 +102,10 @@ def test_flushes_run_one_at_a_time() -> None:
         out.hold(CHANGELOG, 0, b"a/1", b"v1")
         gate = kafka.gate = asyncio.Event()
         first = asyncio.create_task(out.flush())  # e.g. a revocation's
-        await asyncio.sleep(0)
+        await kafka.waiting.wait()
         second = asyncio.create_task(out.flush())  # a commit's, meanwhile
         for _ in range(5):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # turns of the event loop in which the second would start, could it
         assert kafka.calls == [("flush",)]  # the second has not started while the first waits
         gate.set()
         await asyncio.gather(first, second)
@@ -121,7 +123,7 @@ def test_a_failed_flush_keeps_its_changes_for_the_next_and_newer_changes_win() -
         gate = kafka.gate = asyncio.Event()
         kafka.flush_error = ConnectionError("broker gone")
         flushing = asyncio.create_task(out.flush())
-        await asyncio.sleep(0)
+        await kafka.waiting.wait()
         out.hold(CHANGELOG, 0, b"a/2", b"v2")  # changed again while the flush failed
         gate.set()
         with pytest.raises(ConnectionError):
