@@ -57,7 +57,7 @@ from faust.types import TP, EventT
 from streams import dead_letters
 from streams.avro import default_codec
 from streams.config import Settings
-from streams.processor import rules
+from streams.processor import drain, rules
 from streams.processor.gaps import Continuity, LogReader
 from streams.processor.output import Output
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
@@ -142,6 +142,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         producer_acks=-1,
         producer_linger=PRODUCER_LINGER_S,
     )
+    drain.install(app)  # faust's consumer, without four tasks per record handed to the agent
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
     sessions_topic, alerts_topic = settings.topic("sessions"), settings.topic("alerts")
     tables = {name: app.Table(name, default=None, partitions=settings.partitions,
