@@ -50,6 +50,7 @@ class Output:
 
     def __init__(self, flush: Callable[[], Awaitable[None]], producer: Callable[[], Any]) -> None:
         self.failed: BaseException | None = None
+        self._unconfirmed: list[asyncio.Future[Any]] = []  # sent, not yet seen resolved (``_confirm``)
         self._held: dict[tuple[str, int, bytes], bytes | None] = {}  # (changelog, partition, key) -> value
         self._flush = flush
         self._producer = producer
@@ -70,10 +71,12 @@ class Output:
             held, self._held = self._held, {}  # changes made from now on wait for the next flush
             try:
                 await self._flush()  # (1) the snapshots and alerts of the held changes are in Kafka
+                self._confirm()
                 self.check()
                 for (topic, partition, key), value in held.items():
                     await self.send(topic, key, value, partition)  # (2)
                 await self._flush()  # (3)
+                self._confirm()
                 self.check()
             except BaseException:
                 # not sent, or not known to be: the next flush sends them (again), newer changes win
@@ -85,7 +88,7 @@ class Output:
         self._held[(topic, partition, key)] = value
 
     def check(self) -> None:
-        """Raise if a record failed: called by the commit's flush and before every send."""
+        """Raise if a record is known to have failed: called by the commit's flush and before every send."""
         if self.failed is not None:
             raise OutputError(f"a processor record could not be written to Kafka ({self.failed!r}); no offset "
                               f"is committed past it: restart the worker to re-process from the last commit")
@@ -93,12 +96,20 @@ class Output:
     async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """Queue one record (``value=None`` is a tombstone; ``partition=None``: the key's default partition)."""
         self.check()
-        sent = await self._producer().send(topic, value=value, key=key, partition=partition)
-        sent.add_done_callback(self._done)
+        self._unconfirmed.append(await self._producer().send(topic, value=value, key=key, partition=partition))
 
-    def _done(self, sent: asyncio.Future[Any]) -> None:
-        exc = asyncio.CancelledError() if sent.cancelled() else sent.exception()
-        if exc is not None and self.failed is None:
-            self.failed = exc
-            log.error("a processor record could not be written to Kafka: %r; the worker commits nothing from now "
-                      "on", exc)
+    def _confirm(self) -> None:
+        """Look at the records resolved so far (all sent before a flush are, once it returns): the first that
+        failed stops every later send and commit. Read here rather than by a callback on each record's
+        future, which cost a turn of the event loop per record."""
+        unresolved = []
+        for sent in self._unconfirmed:
+            if not sent.done():
+                unresolved.append(sent)
+                continue
+            exc = asyncio.CancelledError() if sent.cancelled() else sent.exception()
+            if exc is not None and self.failed is None:
+                self.failed = exc
+                log.error("a processor record could not be written to Kafka: %r; the worker commits nothing from "
+                          "now on", exc)
+        self._unconfirmed = unresolved

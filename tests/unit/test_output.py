@@ -49,7 +49,7 @@ class Kafka:
                 future.set_exception(self.record_error)
             else:
                 future.set_result(None)
-        await asyncio.sleep(0)  # as in aiokafka, the records' callbacks have run when flush returns
+        await asyncio.sleep(0)  # as in aiokafka, the records are resolved when flush returns
 
     def sent(self) -> list[tuple]:
         return [c[1:] for c in self.calls if c[0] == "send"]
