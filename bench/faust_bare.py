@@ -1,12 +1,17 @@
-"""The ceiling faust-streaming itself sets: a faust worker whose agent iterates the webhook log and does
-nothing with it (no decode, no table, no output), with the processor's consumer settings.
+"""The ceiling faust-streaming itself sets: a faust worker whose agent takes the webhook log's events and
+does nothing with them (no decode, no table, no output), with the processor's consumer settings.
+
+Two ways (``BENCH_MODE``): ``shipped``, faust as it comes (its consumer, the agent iterating its stream);
+``lean``, the way the processor consumes (streams/processor/drain.py's consumer, the agent taking events
+from its stream's queue and acking each, a turn of the event loop every 200).
 
 Run as ``python -m bench.faust_bare`` (bench/processor.py does) with ``BENCH_BOOTSTRAP``, ``BENCH_TOPIC``,
-``BENCH_PARTITIONS``, ``BENCH_EVENTS`` and ``BENCH_APP_ID`` in the environment; it prints
+``BENCH_PARTITIONS``, ``BENCH_EVENTS``, ``BENCH_APP_ID`` and ``BENCH_MODE`` in the environment; it prints
 ``faust_bare_eps=<events per second>`` from its first event to the last, and exits."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
@@ -21,20 +26,38 @@ def main() -> None:
                     store="memory://", datadir=tempfile.mkdtemp(prefix="faust-bare-"), web_enabled=False,
                     topic_partitions=int(os.environ["BENCH_PARTITIONS"]), topic_disable_leader=True,
                     consumer_auto_offset_reset="earliest", stream_wait_empty=False)
+    lean = os.environ.get("BENCH_MODE", "shipped") == "lean"
+    if lean:
+        from streams.processor import drain
+
+        drain.install(app)
     topic = app.topic(os.environ["BENCH_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     seen = {"n": 0, "first": 0.0}
 
+    def saw() -> None:
+        if seen["n"] == 0:
+            seen["first"] = time.monotonic()
+        seen["n"] += 1
+        if seen["n"] >= expect:
+            took = time.monotonic() - seen["first"]
+            print(f"faust_bare_eps={(expect - 1) / took:.1f}", flush=True)
+            os._exit(0)  # the figure is out: no orderly shutdown to wait for
+
     @app.agent(topic)
     async def bare(stream: faust.Stream) -> None:
-        async for _event in stream.events():
-            if seen["n"] == 0:
-                seen["first"] = time.monotonic()
-            seen["n"] += 1
-            if seen["n"] >= expect:
-                took = time.monotonic() - seen["first"]
-                print(f"faust_bare_eps={(expect - 1) / took:.1f}", flush=True)
-                os._exit(0)  # the figure is out: no orderly shutdown to wait for
+        if not lean:
+            async for _event in stream.events():
+                saw()
+            return
+        await stream.maybe_start()
+        queue = stream.channel.queue
+        while True:
+            event = await queue.get()
+            saw()
+            await stream.ack(event)
+            if seen["n"] % 200 == 0:
+                await asyncio.sleep(0)
 
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
     app.main()

@@ -4,8 +4,9 @@ A log of N webhook events (four per session, every composite within its SLA) is 
 figure is one aiokafka consumer reading and Avro-decoding all of it. The processor figure is one real
 ``enx-streams worker --roles processor`` (a new consumer group) working through the same log: the rate
 at which its committed offsets advance, from its first commit to the end (start-up excluded). Beside
-them, the ceiling faust itself sets (bench/faust_bare.py: a faust agent that iterates the same log and
-does nothing), so that the processor's figure can be read against what its framework allows."""
+them, the ceiling faust itself sets (bench/faust_bare.py: a faust agent that takes the same log's events and
+does nothing, once as faust ships, once consuming the way the processor does), so that the processor's
+figure can be read against what its framework allows."""
 
 from __future__ import annotations
 
@@ -48,9 +49,10 @@ async def raw_consume_eps(settings: Settings, expect: int) -> float:
         await consumer.stop()
 
 
-def faust_bare_eps(settings: Settings, expect: int, timeout_s: float = 600) -> float:
-    """Events per second of a faust agent that only iterates the log (its first event to its last)."""
-    env = {**os.environ, "BENCH_BOOTSTRAP": settings.kafka_bootstrap, "BENCH_TOPIC": settings.topic("webhooks"),
+def faust_bare_eps(settings: Settings, expect: int, mode: str = "shipped", timeout_s: float = 600) -> float:
+    """Events per second of a faust agent that only takes the log's events (its first to its last); ``mode``:
+    faust as shipped, or consuming the way the processor does (bench/faust_bare.py)."""
+    env = {**os.environ, "BENCH_MODE": mode, "BENCH_BOOTSTRAP": settings.kafka_bootstrap, "BENCH_TOPIC": settings.topic("webhooks"),
            "BENCH_PARTITIONS": str(settings.partitions), "BENCH_EVENTS": str(expect),
            "BENCH_APP_ID": f"bench-faust-bare-{uuid.uuid4().hex[:8]}"}
     done = subprocess.run([sys.executable, "-m", "bench.faust_bare"], env=env, cwd=ROOT, capture_output=True,
@@ -89,9 +91,12 @@ def run(bootstrap: str, work: Path, events: int = 200_000) -> dict[str, float]:
     n = asyncio.run(produce_all(settings, session_log(events // 4, int(time.time() * 1000) - 86_400_000)))
     raw = asyncio.run(raw_consume_eps(settings, n))
     bare = faust_bare_eps(settings, n)
+    lean = faust_bare_eps(settings, n, mode="lean")
     eps, startup = processor_eps(settings, n, work)
     return {"processor_eps": round(eps, 1), "raw_consume_eps": round(raw, 1),
             "processor_vs_raw_ratio": round(eps / raw, 3), "processor_events": n,
             "faust_bare_eps": round(bare, 1), "faust_bare_vs_raw_ratio": round(bare / raw, 3),
             "processor_vs_faust_bare_ratio": round(eps / bare, 3),
+            "faust_lean_bare_eps": round(lean, 1), "faust_lean_bare_vs_raw_ratio": round(lean / raw, 3),
+            "processor_vs_faust_lean_bare_ratio": round(eps / lean, 3),
             "processor_startup_s": round(startup, 1)}
