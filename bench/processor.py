@@ -52,7 +52,8 @@ async def raw_consume_eps(settings: Settings, expect: int) -> float:
 def faust_bare_eps(settings: Settings, expect: int, mode: str = "shipped", timeout_s: float = 600) -> float:
     """Events per second of a faust agent that only takes the log's events (its first to its last); ``mode``:
     faust as shipped, or consuming the way the processor does (bench/faust_bare.py)."""
-    env = {**os.environ, "BENCH_MODE": mode, "BENCH_BOOTSTRAP": settings.kafka_bootstrap, "BENCH_TOPIC": settings.topic("webhooks"),
+    env = {**os.environ, "BENCH_MODE": mode,
+           "BENCH_BOOTSTRAP": settings.kafka_bootstrap, "BENCH_TOPIC": settings.topic("webhooks"),
            "BENCH_PARTITIONS": str(settings.partitions), "BENCH_EVENTS": str(expect),
            "BENCH_APP_ID": f"bench-faust-bare-{uuid.uuid4().hex[:8]}"}
     done = subprocess.run([sys.executable, "-m", "bench.faust_bare"], env=env, cwd=ROOT, capture_output=True,
