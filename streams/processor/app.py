@@ -10,7 +10,8 @@
   so a session's events and commands reach the worker that owns its table partitions). It is the only
   writer of the tables, event by event, and writes them through output.py, never ``table[key] = ...``:
   faust's own table write sends the changelog record through its producer buffer, ahead of the
-  snapshot, which would break the order at-least-once needs.
+  snapshot, which would break the order at-least-once needs. faust's consumer hands it the records
+  through drain.py, without four tasks per record.
 - Every change is published as a versioned ``SessionState`` snapshot on the compacted sessions topic (a
   tombstone when the session leaves the tables after its retention), and every alert of the transition
   on the alerts topic, with its deterministic ``alert_id``.
