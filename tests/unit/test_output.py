@@ -60,6 +60,14 @@ def output() -> tuple[Output, Kafka]:
     return Output(kafka.flush, lambda: kafka), kafka
 
 
+async def flush_held_at_the_gate(out: Output, kafka: Kafka) -> tuple[asyncio.Event, asyncio.Task]:
+    """A flush of ``out`` started and waiting at Kafka's gate; set the gate to let it go on."""
+    gate = kafka.gate = asyncio.Event()
+    flushing = asyncio.create_task(out.flush())
+    await kafka.waiting.wait()
+    return gate, flushing
+
+
 def test_snapshots_go_at_once_and_table_changes_after_them_at_the_flush() -> None:
     async def scenario() -> None:
         out, kafka = output()
@@ -83,9 +91,7 @@ def test_a_change_held_while_a_flush_runs_waits_for_the_next_one() -> None:
     async def scenario() -> None:
         out, kafka = output()
         out.hold(CHANGELOG, 0, b"a/1", b"old")
-        gate = kafka.gate = asyncio.Event()
-        flushing = asyncio.create_task(out.flush())
-        await kafka.waiting.wait()
+        gate, flushing = await flush_held_at_the_gate(out, kafka)
         out.hold(CHANGELOG, 0, b"a/2", b"new")  # its snapshot may not be acknowledged by this flush
         gate.set()
         await flushing
@@ -100,9 +106,7 @@ def test_flushes_run_one_at_a_time() -> None:
     async def scenario() -> None:
         out, kafka = output()
         out.hold(CHANGELOG, 0, b"a/1", b"v1")
-        gate = kafka.gate = asyncio.Event()
-        first = asyncio.create_task(out.flush())  # e.g. a revocation's
-        await kafka.waiting.wait()
+        gate, first = await flush_held_at_the_gate(out, kafka)  # e.g. a revocation's
         second = asyncio.create_task(out.flush())  # a commit's, meanwhile
         for _ in range(5):
             await asyncio.sleep(0)  # turns of the event loop in which the second would start, could it
@@ -120,10 +124,8 @@ def test_a_failed_flush_keeps_its_changes_for_the_next_and_newer_changes_win() -
         out, kafka = output()
         out.hold(CHANGELOG, 0, b"a/1", b"v1")
         out.hold(CHANGELOG, 0, b"a/2", b"v1")
-        gate = kafka.gate = asyncio.Event()
         kafka.flush_error = ConnectionError("broker gone")
-        flushing = asyncio.create_task(out.flush())
-        await kafka.waiting.wait()
+        gate, flushing = await flush_held_at_the_gate(out, kafka)
         out.hold(CHANGELOG, 0, b"a/2", b"v2")  # changed again while the flush failed
         gate.set()
         with pytest.raises(ConnectionError):
