@@ -156,17 +156,24 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
 
     output = Output.install(app)
     serializers = app.serializers
+    # the memory stores' dicts, read and written directly: the tables' own get() and set() add sensors, key
+    # lookups and a changelog send per call (faust's memory store keeps one dict for good). Taken at first
+    # use: a store is created on the worker's event loop.
+    stores: dict[str, dict] = {}
+    changelogs = {name: table.changelog_topic.get_topic_name() for name, table in tables.items()}
+    key_type, key_serializer = tables[rules.TABLES[0]].key_type, tables[rules.TABLES[0]].key_serializer
 
     def parts_of(name: str) -> dict[str, dict | None]:
-        # the stores themselves: the tables' own get() adds sensors and key lookups per call
-        return {t: tables[t].data.get(name) for t in rules.TABLES}
+        if not stores:
+            stores.update({t: tables[t].data.data for t in rules.TABLES})
+        return {t: store.get(name) for t, store in stores.items()}
 
     def write(name: str, partition: int, change: rules.Transition) -> None:
         """The parts into the stores, and held for their changelogs (the event's partition, as faust's
         table write does), which output.py sends after this event's snapshot and alerts."""
+        key = None
         for t, part in change.writes.items():
-            table = tables[t]
-            store = table.data
+            store = stores[t]  # filled: the change was judged on parts_of
             if part is None:
                 if name not in store:
                     continue
@@ -174,21 +181,29 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                 value = None
             else:
                 store[name] = part
+                table = tables[t]
                 value = serializers.dumps_value(table.value_type, part, serializer=table.value_serializer)
-            key = serializers.dumps_key(table.key_type, name, serializer=table.key_serializer)
-            output.hold(table.changelog_topic.get_topic_name(), partition, key, value)
+            if key is None:
+                key = serializers.dumps_key(key_type, name, serializer=key_serializer)
+            output.hold(changelogs[t], partition, key, value)
 
-    def rendered(change: rules.Transition) -> list[tuple[str, bytes | None]]:
-        """What ``change`` publishes, encoded, in order: its alerts, then its snapshot (a tombstone when the
-        session left the tables). A value the schemas cannot hold raises here, before anything is sent."""
-        out: list[tuple[str, bytes | None]] = [(alerts_topic, codec.encode("SlaAlert", a)) for a in change.alerts]
+    def encode_state(state: dict) -> bytes:
+        return codec.encode("SessionState", state)
+
+    def rendered(change: rules.Transition) -> list[bytes]:
+        """The alerts of ``change``, encoded: a value the schema cannot hold raises here, before anything is
+        applied. (Its snapshot is encoded at the flush, once per session however often it changed; the rules
+        refuse the one value they could compute that it cannot hold, rules.derive.)"""
+        return [codec.encode("SlaAlert", a) for a in change.alerts]
+
+    def publish(key: bytes, partition: int, change: rules.Transition, alerts: list[bytes]) -> None:
+        """The alerts and the snapshot of ``change``, on the event's partition (the same keys and partition
+        count as the log: the default partitioner's choice), sent by the next flush (output.py)."""
+        for alert in alerts:
+            output.publish(alerts_topic, partition, key, alert)
         if change.changed:
-            out.append((sessions_topic, None if change.after is None else codec.encode("SessionState", change.after)))
-        return out
-
-    async def publish(key: bytes, change: rules.Transition, records: list[tuple[str, bytes | None]]) -> None:
-        for topic, value in records:
-            await output.send(topic, key, value)
+            after = change.after
+            output.publish_latest(sessions_topic, partition, key, after, None if after is None else encode_state)
         for alert in change.alerts:
             log.info("alert %s for %s (deadline %s)", alert["kind"], key.decode(), alert["deadline"])
 
@@ -235,17 +250,14 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         return (app.flow_control.is_active() and not settling()
                 and app.consumer_generation_id == taken["generation"])
 
-    async def apply(name: str, key: bytes, partition: int, change: rules.Transition,
-                    records: list[tuple[str, bytes | None]]) -> None:
+    def apply(name: str, key: bytes, partition: int, change: rules.Transition, alerts: list[bytes]) -> None:
         # ``change`` was judged just now, with no await since (the callers compute it just before the call):
         # against restored tables if this is still live. Not so after an await, e.g. a hole's records read back.
+        # Nothing here awaits: the change is published and written in one step of the event loop, which no
+        # rebalance or restore can enter.
         if not live():
             raise StaleEvent(f"{name}: a rebalance or a table restore began before its event was judged")
-        await publish(key, change, records)
-        if not live():
-            # a change held now would reach the changelog after the new owner restored it, and could
-            # overwrite what it wrote since; the snapshot already sent is a repeat the new owner makes too
-            raise StaleEvent(f"{name}: a rebalance or a table restore began while its event was handled")
+        publish(key, partition, change, alerts)
         write(name, partition, change)
         index.set(name, partition, next_due(change.after, retention_s))
 
@@ -262,12 +274,12 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         try:
             name = key.decode()
             change = rules.on_event(parts_of(name), record, sla_s)
-            records = rendered(change)
+            alerts = rendered(change)
         except Exception as exc:  # noqa: BLE001 - pure (the record, its session's state): fails in any worker
             await reject(TP(log_topic, partition), offset, key, (record.get("raw") or "").encode("utf-8", "replace"),
                          exc, "It stays in the log: once the cause is fixed, `enx-streams rebuild` processes it again")
         rejects.passed()
-        await apply(name, key, partition, change, records)
+        apply(name, key, partition, change, alerts)
 
     async def fill(tp: TP, holes: range) -> None:
         """Process the records faust never delivered (gaps.py), then let its commit pass them."""
@@ -314,7 +326,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         try:
             name = key.decode()
             change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
-            records = rendered(change)
+            alerts = rendered(change)
         except Exception as exc:  # noqa: BLE001 - as for a webhook
             # the watch would send it again every RESEND_S, and it would fail the same way until the session's
             # next event: out of the index until then (or the next rebalance's reindex)
@@ -326,7 +338,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         rejects.passed()
         if change.after is None and change.before is not None:
             log.info("session %s left the tables after its retention", name)
-        await apply(name, key, tp.partition, change, records)
+        apply(name, key, tp.partition, change, alerts)
 
     @app.agent(app.topic(log_topic, command_topic(settings), **RAW))
     async def process(stream: faust.Stream) -> None:

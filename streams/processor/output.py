@@ -1,25 +1,34 @@
-"""How the processor's records reach Kafka: straight into faust's own aiokafka producer, in an order that
-makes a crash at any moment lose nothing.
+"""How the processor's records reach Kafka: in batches, straight into faust's own aiokafka producer, in an
+order that makes a crash at any moment lose nothing.
 
-Every event the agent processes changes one table part (a changelog record) and publishes a session
-snapshot, sometimes an alert; an event it cannot handle publishes a dead letter instead. Through faust's per-message path (``Topic.send``, ``Table.__setitem__``: a
-FutureMessage, the ProducerBuffer's task, sensors, callbacks) each record cost about 70 µs of the event
-loop, more than the rest of the event's processing (bench/README.md). :class:`Output` appends them to the
-aiokafka producer that faust runs, a few µs each.
+Every event the agent processes changes a table part (a changelog record) and the session's snapshot,
+sometimes raises an alert; an event it cannot handle publishes a dead letter instead. Through faust's
+per-message path (``Topic.send``, ``Table.__setitem__``: a FutureMessage, the ProducerBuffer's task,
+sensors, callbacks) each record cost about 70 µs of the event loop, and through aiokafka's own ``send``
+still about 15 (a future per record, the partitioner, the accumulator), more than the rules themselves
+(bench/README.md). :class:`Output` holds them and appends them, at the flush, to aiokafka record batches
+of its own (``create_batch``/``send_batch``: one future per batch), a microsecond or two each.
 
 The order is what at-least-once needs. Re-processing an event whose table change already reached the
 changelog is a no-op (merging is idempotent), so it would not publish the event's snapshot and alerts
-again: those must be in Kafka before the table change is. So snapshots, alerts and dead letters are sent at
-once, and
-table changes are held (the latest value per table and key) until faust flushes its producer, which it
-does before every commit and on every revocation (``Consumer._commit_offsets`` and
-``App._on_partitions_revoked`` -> ``Producer.flush``). The flush then (1) waits until everything sent so far
-is acknowledged (``acks=all``), the snapshots and alerts of the held changes among it, (2) sends the held
-changes, (3) waits for those too. faust computes the offsets it commits before it flushes, so every
-committed offset's changes are in the changelog, and a worker killed anywhere in between leaves its
-successor either the change (and then also its snapshot and alerts) or an uncommitted event to process
-again. Flushes run one at a time, so a commit's flush cannot pass a revocation's that is still sending.
-Holding the changes also writes a key changed many times within a commit interval once.
+again: those must be in Kafka before the table change is. So alerts (in order), snapshots (the latest per
+topic, partition and key: the sessions topic is compacted, so a consumer that keeps up sees every
+change that lasted a commit interval, and a replay publishes each session once per interval instead of
+once per event, as Kafka Streams' record cache does) and table changes (the latest value per table and
+key) are all held until faust flushes its producer, which it does before every commit and on every
+revocation (``Consumer._commit_offsets`` and ``App._on_partitions_revoked`` -> ``Producer.flush``). The
+flush then (1) sends the held alerts and snapshots and waits until everything sent so far is
+acknowledged (``acks=all``), (2) sends the held changes, (3) waits for those too. faust computes the
+offsets it commits before it flushes, so every committed offset's changes are in the changelog, and a
+worker killed anywhere in between leaves its successor either the change (and then also its snapshot and
+alerts) or an uncommitted event to process again. Flushes run one at a time, so a commit's flush cannot
+pass a revocation's that is still sending. Dead letters are sent at once (:meth:`Output.send`): the
+commit that passes their event waits for them like for the rest.
+
+A snapshot is encoded at the flush (``encode`` of :meth:`Output.publish_latest`), once per key however
+often the session changed in between. The rules refuse, per event, the one value they can compute that a
+snapshot cannot hold (rules.derive), so the encoding does not fail; if it ever does, it is a bug and
+fails the output like a refused record.
 
 A record that fails after the producer's own retries makes every later flush, and so every later commit,
 raise: nothing is committed past an effect that did not reach Kafka, and the worker's successor
@@ -42,8 +51,11 @@ class OutputError(RuntimeError):
     """A record of the processor could not be written to Kafka: offsets must not be committed past it."""
 
 
+Record = tuple[str, int, bytes | None, bytes | None]  # topic, partition, key, value (None: a tombstone)
+
+
 class Output:
-    """Sends snapshots and alerts at once, table changes at the next flush (see the module doc).
+    """Holds the processor's records and sends them in the flush's order (see the module doc).
 
     ``flush`` is the producer's own flush (returns once everything sent so far is acknowledged or failed);
     ``producer()`` the aiokafka producer to send with. :meth:`install` wires one to faust's producer."""
@@ -51,6 +63,8 @@ class Output:
     def __init__(self, flush: Callable[[], Awaitable[None]], producer: Callable[[], Any]) -> None:
         self.failed: BaseException | None = None
         self._unconfirmed: list[asyncio.Future[Any]] = []  # sent, not yet seen resolved (``_confirm``)
+        self._published: list[Record] = []  # alerts, in order
+        self._latest: dict[tuple[str, int, bytes], tuple[Callable[[Any], bytes | None] | None, Any]] = {}
         self._held: dict[tuple[str, int, bytes], bytes | None] = {}  # (changelog, partition, key) -> value
         self._flush = flush
         self._producer = producer
@@ -65,51 +79,99 @@ class Output:
         producer.flush = output.flush  # type: ignore[method-assign]
         return output
 
+    def publish(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        """An alert, sent by the next flush before the held table changes, in the order published."""
+        self._published.append((topic, partition, key, value))
+
+    def publish_latest(self, topic: str, partition: int, key: bytes, value: Any,
+                       encode: Callable[[Any], bytes | None] | None = None) -> None:
+        """A snapshot, sent by the next flush before the held table changes: only the latest ``value`` per
+        topic, partition and key, ``encode``-d then (``value=None`` without ``encode`` is a tombstone)."""
+        self._latest[(topic, partition, key)] = (encode, value)
+
+    def hold(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        """A table change for the changelog, sent by the next flush after the published records
+        (``value=None`` deletes the key); the latest per table and key."""
+        self._held[(topic, partition, key)] = value
+
     async def flush(self) -> None:
-        """Everything sent so far acknowledged, then the held changes sent and acknowledged; one at a time."""
+        """The published records sent, then everything sent so far acknowledged, then the held changes sent
+        and acknowledged; one at a time."""
         async with self._one_at_a_time:
-            held, self._held = self._held, {}  # changes made from now on wait for the next flush
+            # what is published or held from now on waits for the next flush
+            published, latest, held = self._published, self._latest, self._held
+            self._published, self._latest, self._held = [], {}, {}
             try:
-                await self._flush()  # (1) the snapshots and alerts of the held changes are in Kafka
+                self.check()
+                await self._send_all([*published, *self._rendered(latest)])
+                await self._flush()  # (1) the alerts and snapshots of the held changes are in Kafka
                 self._confirm()
                 self.check()
-                for (topic, partition, key), value in held.items():
-                    await self.send(topic, key, value, partition)  # (2)
+                published, latest = [], {}
+                await self._send_all([(topic, partition, key, value)
+                                      for (topic, partition, key), value in held.items()])  # (2)
                 await self._flush()  # (3)
                 self._confirm()
                 self.check()
             except BaseException:
-                # not sent, or not known to be: the next flush sends them (again), newer changes win
+                # not sent, or not known to be: the next flush sends them (again), newer values win
+                self._published = [*published, *self._published]
+                self._latest = {**latest, **self._latest}
                 self._held = {**held, **self._held}
                 raise
 
-    def hold(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
-        """A table change for the changelog, sent by the next flush (``value=None`` deletes the key)."""
-        self._held[(topic, partition, key)] = value
-
     def check(self) -> None:
-        """Raise if a record is known to have failed: called by the commit's flush and before every send."""
+        """Raise if a record is known to have failed: called by every flush and before every send."""
         if self.failed is not None:
             raise OutputError(f"a processor record could not be written to Kafka ({self.failed!r}); no offset "
                               f"is committed past it: restart the worker to re-process from the last commit")
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        """Queue one record (``value=None`` is a tombstone; ``partition=None``: the key's default partition)."""
+        """Queue one record at once (``partition=None``: the key's default partition); a dead letter."""
         self.check()
         self._unconfirmed.append(await self._producer().send(topic, value=value, key=key, partition=partition))
 
+    def _rendered(self, latest: dict[tuple[str, int, bytes], tuple[Callable[[Any], bytes | None] | None, Any]],
+                  ) -> list[Record]:
+        out: list[Record] = []
+        for (topic, partition, key), (encode, value) in latest.items():
+            try:
+                out.append((topic, partition, key, value if encode is None else encode(value)))
+            except Exception as exc:  # noqa: BLE001 - a bug (the rules refuse what a snapshot cannot hold)
+                self._fail(exc, f"{topic}[{partition}] key {key!r} could not be encoded")
+                self.check()
+        return out
+
+    async def _send_all(self, records: list[Record]) -> None:
+        """Append ``records`` to record batches of their topic and partition and queue each batch."""
+        producer = self._producer()
+        batches: dict[tuple[str, int], Any] = {}
+        for topic, partition, key, value in records:
+            batch = batches.get((topic, partition))
+            if batch is None:
+                batch = batches[(topic, partition)] = producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value) is None:  # full: queue it, start another
+                self._unconfirmed.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[(topic, partition)] = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value)  # an empty batch takes any record
+        for (topic, partition), batch in batches.items():
+            self._unconfirmed.append(await producer.send_batch(batch, topic, partition=partition))
+
+    def _fail(self, exc: BaseException, what: str = "a processor record could not be written to Kafka") -> None:
+        if self.failed is None:
+            self.failed = exc
+            log.error("%s: %r; the worker commits nothing from now on", what, exc)
+
     def _confirm(self) -> None:
-        """Look at the records resolved so far (all sent before a flush are, once it returns): the first that
-        failed stops every later send and commit. Read here rather than by a callback on each record's
-        future, which cost a turn of the event loop per record."""
+        """Look at the batches resolved so far (all sent before a flush are, once it returns): the first that
+        failed stops every later send and commit. Read here rather than by a callback on each future, which
+        cost a turn of the event loop each."""
         unresolved = []
         for sent in self._unconfirmed:
             if not sent.done():
                 unresolved.append(sent)
                 continue
             exc = asyncio.CancelledError() if sent.cancelled() else sent.exception()
-            if exc is not None and self.failed is None:
-                self.failed = exc
-                log.error("a processor record could not be written to Kafka: %r; the worker commits nothing from "
-                          "now on", exc)
+            if exc is not None:
+                self._fail(exc)
         self._unconfirmed = unresolved

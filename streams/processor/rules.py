@@ -84,6 +84,7 @@ BASE_FIELDS = ("app_id", "conf_num", "room_id", "event_ids", *STAGES, *COUNTS, "
 
 # Commands of the SLA watch, applied by the owning agent.
 STALL, EXPIRE = "stall", "expire"
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1  # Avro's long: every time in a SessionState
 
 
 def session_key(app_id: str, conf_num: str) -> str:
@@ -165,17 +166,37 @@ def join(a: Base | None, b: Base | None) -> Base | None:
 # -- derived facts ---------------------------------------------------------------------------------
 
 def derive(base: Mapping[str, Any], sla_seconds: float) -> State:
-    """The full state from the base facts: latencies, deadline, sla_state, version. Pure."""
-    new: State = base_of(base)
-    ended = new["ended_at"]
-    for stage, latency in LATENCY_OF_STAGE.items():
-        new[latency] = (new[stage] - ended) / 1000.0 if ended is not None and new[stage] is not None else None
-    anchor = ended if ended is not None else new["recording_at"]
-    new["sla_deadline"] = anchor + int(round(sla_seconds * 1000)) if expects_composite(new) and anchor is not None \
-        else None
-    new["sla_state"] = sla_state(new)
-    new["version"] = len(new["event_ids"]) + (1 if new["stalled_at"] is not None else 0)
-    return {f: new[f] for f in STATE_FIELDS}
+    """The full state from the base facts: latencies, deadline, sla_state, version. Pure.
+
+    Raises ValueError for a deadline that does not fit Avro's long (a time near its end in the log, which
+    ingest refuses but another producer could write): no SessionState could carry it."""
+    ended, recording, transcoded = base["ended_at"], base["recording_at"], base["transcoded_at"]
+    delivered, chat, stalled, event_ids = base["delivered_at"], base["chat_at"], base["stalled_at"], base["event_ids"]
+    expects = recording is not None or transcoded is not None
+    anchor = ended if ended is not None else recording
+    deadline = anchor + int(round(sla_seconds * 1000)) if expects and anchor is not None else None
+    if deadline is not None and not LONG_MIN <= deadline <= LONG_MAX:
+        raise ValueError(f"sla_deadline {deadline} (the session's anchor {anchor} plus the SLA) is a value "
+                         f"SessionState cannot hold (Avro long)")
+    if not expects:
+        state = "not_applicable"
+    elif transcoded is not None:
+        state = "recovered" if deadline is not None and transcoded > deadline else "met"
+    else:
+        state = "breached" if stalled is not None else "pending"
+    ended_known = ended is not None
+    return {  # in STATE_FIELDS order; written out rather than looped: the processor derives a state per event
+        "app_id": base["app_id"], "conf_num": base["conf_num"], "room_id": base["room_id"],
+        "version": len(event_ids) + (stalled is not None), "event_ids": event_ids,
+        "ended_at": ended, "recording_at": recording, "transcoded_at": transcoded, "delivered_at": delivered,
+        "chat_at": chat, "recording_files": base["recording_files"], "transcoded_files": base["transcoded_files"],
+        "delivered_files": base["delivered_files"], "chat_files": base["chat_files"],
+        "recording_latency_s": (recording - ended) / 1000.0 if ended_known and recording is not None else None,
+        "transcode_latency_s": (transcoded - ended) / 1000.0 if ended_known and transcoded is not None else None,
+        "delivery_latency_s": (delivered - ended) / 1000.0 if ended_known and delivered is not None else None,
+        "chat_latency_s": (chat - ended) / 1000.0 if ended_known and chat is not None else None,
+        "sla_deadline": deadline, "sla_state": state, "stalled_at": stalled, "last_event_at": base["last_event_at"],
+    }
 
 
 STATE_FIELDS = ("app_id", "conf_num", "room_id", "version", "event_ids", *STAGES, *COUNTS,
@@ -209,7 +230,8 @@ def combine(parts: Mapping[str, Base | None] | Iterable[Base | None], sla_second
     values = parts.values() if isinstance(parts, Mapping) else parts
     total: Base | None = None
     for part in values:
-        total = join(total, part)
+        if part is not None:
+            total = part if total is None else join(total, part)  # derive copies what it keeps
     return None if total is None else derive(total, sla_seconds)
 
 
@@ -311,21 +333,25 @@ class Transition:
 
 
 def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float) -> Transition:
-    """A webhook of the session: :func:`step`, on the session's parts."""
+    """A webhook of the session: :func:`step`, on the session's parts.
+
+    The parts are combined once, into the state before. The state after is that state with the event
+    absorbed: event ids never overlap across tables, so absorbing into the whole equals absorbing into
+    the event's own part and combining again (the property tests hold the two together)."""
     before = combine(parts, sla_seconds)
     writes: dict[str, Base | None] = {}
     stalled, alerts = before, []
     if before is not None and stall_due(before, event["received_at"]):
         writes[STALL_TABLE] = _stalled_part(parts.get(STALL_TABLE), before)
-        stalled = combine({**parts, **writes}, sla_seconds)
+        stalled = apply_stall(before, sla_seconds)
         alerts = alerts_for(before, stalled)
     table = table_of(event["type"])
     current = writes.get(table, parts.get(table))
     merged = absorb(current, event)
-    if merged != current:
-        writes[table] = merged
-    writes = {t: p for t, p in writes.items() if p != parts.get(t)}
-    after = combine({**parts, **writes}, sla_seconds)
+    if merged == current:  # a repeat: nothing new (a stall recorded just now is written all the same)
+        return Transition(writes, before, stalled, alerts)
+    writes[table] = merged
+    after = derive(merged if stalled is None else absorb(stalled, event), sla_seconds)
     return Transition(writes, before, after, alerts + alerts_for(stalled, after))
 
 

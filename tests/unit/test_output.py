@@ -1,7 +1,8 @@
 """The order in which the processor's records reach Kafka (streams/processor/output.py).
 
-``Kafka`` below stands in for the aiokafka producer at the edge Output uses (send returns a future,
-flush resolves everything sent so far), recording every call in order. That Output is wired into faust's
+``Kafka`` below stands in for the aiokafka producer at the edge Output uses (``send`` and ``send_batch`` of a
+``create_batch`` return a future, flush resolves everything sent so far), recording every record it is given
+in order. That Output is wired into faust's
 commits, and that a refused record stops the worker, are shown on the real broker
 (tests/faults/test_output_refused.py, tests/faults/test_worker_killed.py).
 """
@@ -15,11 +16,27 @@ import pytest
 
 from streams.processor.output import Output, OutputError
 
-SESSIONS, CHANGELOG = "enablex.sessions.v1", "processor-recording-changelog"
+DEADLETTERS = "enablex.deadletter.v1"
+SESSIONS, ALERTS, CHANGELOG = "enablex.sessions.v1", "enablex.alerts.v1", "processor-recording-changelog"
+
+
+class Batch:
+    """aiokafka's BatchBuilder as Output uses it: ``append`` returns None once ``size`` records are in."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+
+    def append(self, *, timestamp: None, key: bytes | None, value: bytes | None) -> object | None:
+        if len(self.records) >= self.size:
+            return None
+        self.records.append((key, value))
+        return object()
 
 
 class Kafka:
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int = 100) -> None:
+        self.size = batch_size  # records per batch
         self.calls: list[tuple] = []
         self.pending: list[asyncio.Future] = []
         self.gate: asyncio.Event | None = None  # set: the next flush waits for it
@@ -31,6 +48,15 @@ class Kafka:
         future = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         self.calls.append(("send", topic, key, value, partition))
+        return future
+
+    def create_batch(self) -> Batch:
+        return Batch(self.size)
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        self.calls += [("send", topic, key, value, partition) for key, value in batch.records]
         return future
 
     async def flush(self) -> None:
@@ -55,8 +81,8 @@ class Kafka:
         return [c[1:] for c in self.calls if c[0] == "send"]
 
 
-def output() -> tuple[Output, Kafka]:
-    kafka = Kafka()
+def output(batch_size: int = 100) -> tuple[Output, Kafka]:
+    kafka = Kafka(batch_size)
     return Output(kafka.flush, lambda: kafka), kafka
 
 
@@ -68,21 +94,56 @@ async def flush_held_at_the_gate(out: Output, kafka: Kafka) -> tuple[asyncio.Eve
     return gate, flushing
 
 
-def test_snapshots_go_at_once_and_table_changes_after_them_at_the_flush() -> None:
+def test_alerts_and_snapshots_go_first_at_the_flush_and_table_changes_after_them() -> None:
     async def scenario() -> None:
         out, kafka = output()
-        await out.send(SESSIONS, b"a/1", b"snapshot-1")
+        out.publish(ALERTS, 3, b"a/1", b"stalled")
+        out.publish_latest(SESSIONS, 3, b"a/1", {"v": 1}, lambda s: f"state-{s['v']}".encode())
+        out.publish_latest(SESSIONS, 3, b"a/1", {"v": 2}, lambda s: f"state-{s['v']}".encode())  # the latest only
+        out.publish_latest(SESSIONS, 0, b"a/2", None)  # a tombstone
+        out.publish(ALERTS, 3, b"a/1", b"recovered")
         out.hold(CHANGELOG, 3, b"a/1", b"part-1")
         out.hold(CHANGELOG, 3, b"a/1", b"part-2")  # the same key again: only the latest is written
         out.hold(CHANGELOG, 0, b"a/2", None)  # a deletion
-        assert kafka.calls == [("send", SESSIONS, b"a/1", b"snapshot-1", None)]
+        assert kafka.calls == []  # nothing before the flush
         await out.flush()
-        assert kafka.calls == [("send", SESSIONS, b"a/1", b"snapshot-1", None),
-                               ("flush",), ("flushed",),  # (1) the snapshot acknowledged first
+        assert kafka.calls == [("send", ALERTS, b"a/1", b"stalled", 3), ("send", ALERTS, b"a/1", b"recovered", 3),
+                               ("send", SESSIONS, b"a/1", b"state-2", 3), ("send", SESSIONS, b"a/2", None, 0),
+                               ("flush",), ("flushed",),  # (1) the alerts and snapshots acknowledged first
                                ("send", CHANGELOG, b"a/1", b"part-2", 3), ("send", CHANGELOG, b"a/2", None, 0),
                                ("flush",), ("flushed",)]  # (3) and the changes before the flush returns
         await out.flush()  # nothing held any more: nothing sent again
-        assert len(kafka.sent()) == 3
+        assert len(kafka.sent()) == 6
+
+    asyncio.run(scenario())
+
+
+def test_a_full_batch_is_queued_and_the_rest_go_in_the_next() -> None:
+    async def scenario() -> None:
+        out, kafka = output(batch_size=2)
+        for i in range(5):
+            out.hold(CHANGELOG, 0, f"a/{i}".encode(), b"part")
+        await out.flush()
+        assert kafka.sent() == [(CHANGELOG, f"a/{i}".encode(), b"part", 0) for i in range(5)]
+        assert len(kafka.pending) == 0 and kafka.calls.count(("flushed",)) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_that_cannot_be_encoded_fails_the_output() -> None:
+    async def scenario() -> None:
+        out, kafka = output()
+
+        def refuse(_state: object) -> bytes:
+            raise ValueError("out of range")
+
+        out.publish_latest(SESSIONS, 0, b"a/1", {"v": 1}, refuse)
+        out.hold(CHANGELOG, 0, b"a/1", b"part")
+        with pytest.raises(OutputError, match="no offset is committed past it"):
+            await out.flush()
+        assert kafka.sent() == []  # neither the snapshot nor its table change
+        with pytest.raises(OutputError):
+            await out.flush()  # for good
 
     asyncio.run(scenario())
 
@@ -140,17 +201,27 @@ def test_a_failed_flush_keeps_its_changes_for_the_next_and_newer_changes_win() -
 def test_a_record_that_failed_stops_every_later_send_and_flush() -> None:
     async def scenario() -> None:
         out, kafka = output()
-        await out.send(SESSIONS, b"a/1", b"snapshot")
+        out.publish_latest(SESSIONS, 0, b"a/1", b"snapshot")
         out.hold(CHANGELOG, 0, b"a/1", b"part")
         kafka.record_error = ValueError("MessageSizeTooLargeError")
         with pytest.raises(OutputError, match="no offset is committed past it"):
             await out.flush()  # the snapshot failed: its table change must not be written
-        assert kafka.sent() == [(SESSIONS, b"a/1", b"snapshot", None)]
+        assert kafka.sent() == [(SESSIONS, b"a/1", b"snapshot", 0)]
         with pytest.raises(OutputError):
-            await out.send(SESSIONS, b"a/2", b"snapshot")
+            await out.send(DEADLETTERS, None, b"letter")
         kafka.record_error = None
+        out.publish_latest(SESSIONS, 0, b"a/2", b"snapshot")
         with pytest.raises(OutputError):
             await out.flush()  # for good: the worker must restart from its last commit
-        assert kafka.sent() == [(SESSIONS, b"a/1", b"snapshot", None)]
+        assert kafka.sent() == [(SESSIONS, b"a/1", b"snapshot", 0)]
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_letter_goes_at_once() -> None:
+    async def scenario() -> None:
+        out, kafka = output()
+        await out.send(DEADLETTERS, None, b"letter")
+        assert kafka.calls == [("send", DEADLETTERS, None, b"letter", None)]
 
     asyncio.run(scenario())
