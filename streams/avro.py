@@ -39,6 +39,7 @@ class Codec:
         self._writers: dict[bytes, dict] = {}
         self._current: dict[str, dict] = {}
         self._current_fp: dict[str, bytes] = {}
+        self._plans: dict[tuple[bytes, str | None], tuple[dict, dict | None]] = {}  # see ``decode``
         for path in schema_files:
             parsed = fastavro.parse_schema(json.loads(Path(path).read_text()))
             self._writers[fingerprint_of(parsed)] = parsed
@@ -73,17 +74,27 @@ class Codec:
     def decode(self, value: bytes, name: str | None = None) -> dict[str, Any]:
         """Decode with the writer schema named by the fingerprint, resolved to the current ``name`` schema
         (by default, the current schema with the writer's record name)."""
-        if len(value) < HEADER_LEN or value[:2] != MAGIC:
-            raise AvroError("not Avro single-object encoding (no C3 01 header)")
-        writer = self._writers.get(bytes(value[2:HEADER_LEN]))
-        if writer is None:
-            raise AvroError(f"unknown writer schema fingerprint {bytes(value[2:HEADER_LEN]).hex()}; "
-                            f"is schemas/avro/ missing a schema version?")
-        reader = self._current.get(name or writer["name"].rsplit(".", 1)[-1], writer)
+        if type(value) is not bytes:
+            value = bytes(value)  # a memoryview or bytearray: its slices would not be hashable
+        plan = self._plans.get((value[2:HEADER_LEN], name))  # (writer, reader or None when the same)
+        if plan is None or value[:2] != MAGIC:
+            plan = self._plan(value, name)
         try:
-            return fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), writer, reader)
+            return fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), *plan)
         except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad record
             raise AvroError(f"cannot decode the Avro body: {exc}") from exc
+
+    def _plan(self, value: bytes, name: str | None) -> tuple[dict, dict | None]:
+        """The writer and reader schemas for ``value`` read as ``name``, remembered per fingerprint and name."""
+        if len(value) < HEADER_LEN or value[:2] != MAGIC:
+            raise AvroError("not Avro single-object encoding (no C3 01 header)")
+        fp = bytes(value[2:HEADER_LEN])
+        writer = self._writers.get(fp)
+        if writer is None:
+            raise AvroError(f"unknown writer schema fingerprint {fp.hex()}; is schemas/avro/ missing a schema version?")
+        reader = self._current.get(name or writer["name"].rsplit(".", 1)[-1], writer)
+        plan = self._plans[(fp, name)] = (writer, None if reader is writer else reader)
+        return plan
 
     def record_name(self, value: bytes) -> str:
         """The record name of a value's writer schema."""
