@@ -13,13 +13,15 @@
   snapshot, which would break the order at-least-once needs. faust's consumer hands it the records
   through drain.py, without four tasks per record.
 - Every change is published as a versioned ``SessionState`` snapshot on the compacted sessions topic (a
-  tombstone when the session leaves the tables after its retention), and every alert of the transition
-  on the alerts topic, with its deterministic ``alert_id``.
+  tombstone when the session leaves the tables after its retention), the latest per session at each
+  commit (output.py), and every alert of the transition on the alerts topic, with its deterministic
+  ``alert_id``; both on the event's partition. Handling an event awaits nothing: it is judged, published
+  and written in one step of the event loop, which no rebalance or table restore can enter.
 - The SLA watch (watch.py) runs on every worker every ``SWEEP_INTERVAL_S`` and decides stalls and
   expiries for the sessions of its own active partitions; its commands reach the owning agent through
   the command topic, and the agent re-judges and applies them.
-- An event whose judgement fails (the rules, or the encoding of what they publish, raise: a record no
-  version of the rules foresaw, a value the schemas cannot hold) is not applied: it goes to the
+- An event whose judgement fails (the rules, or the encoding of its alerts, raise: a record no version of
+  the rules foresaw, a value the schemas cannot hold, which the rules check for the snapshot) is not applied: it goes to the
   dead-letter topic (reason ``processor_failed: ...``, source ``topic/partition/offset``, an id derived
   from those) and acked once a later event has been handled, so one bad record neither stops its
   partition nor holds its commits back. A worker that sees too many of them stops instead (rejects.py),
