@@ -67,8 +67,6 @@ STAGE_OF_TYPE = {"roomdrop": "ended_at", "recording": "recording_at", "transcode
                  "file-transfer": "delivered_at", "chatdata": "chat_at"}
 FILES_OF_KIND = {"recording": "recording_files", "transcoded": "transcoded_files",
                  "transferred": "delivered_files", "chatdata": "chat_files"}
-LATENCY_OF_STAGE = {"recording_at": "recording_latency_s", "transcoded_at": "transcode_latency_s",
-                    "delivered_at": "delivery_latency_s", "chat_at": "chat_latency_s"}
 STALLED, RECOVERED = "transcode_stalled", "transcode_recovered"
 SLA_STATES = ("not_applicable", "pending", "met", "breached", "recovered")
 
@@ -202,20 +200,6 @@ def derive(base: Mapping[str, Any], sla_seconds: float) -> State:
 STATE_FIELDS = ("app_id", "conf_num", "room_id", "version", "event_ids", *STAGES, *COUNTS,
                 "recording_latency_s", "transcode_latency_s", "delivery_latency_s", "chat_latency_s",
                 "sla_deadline", "sla_state", "stalled_at", "last_event_at")
-
-
-def expects_composite(state: Mapping[str, Any]) -> bool:
-    return state["recording_at"] is not None or state["transcoded_at"] is not None
-
-
-def sla_state(state: Mapping[str, Any]) -> str:
-    """Judged by event time; ``state`` needs its base facts and ``sla_deadline``."""
-    if not expects_composite(state):
-        return "not_applicable"
-    deadline, transcoded = state["sla_deadline"], state["transcoded_at"]
-    if transcoded is not None:
-        return "recovered" if deadline is not None and transcoded > deadline else "met"
-    return "breached" if state["stalled_at"] is not None else "pending"
 
 
 def merge(state: State | None, event: Event, sla_seconds: float) -> State:

@@ -173,6 +173,32 @@ def test_avro_alert() -> None:
     assert alerts[1]["overdue_s"] == 2.5
 
 
+@given(st.lists(st.tuples(st.sampled_from(["roomdrop", "recording", "transcoded", "chatdata"]),
+                          st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**63 - 1)), min_size=1, max_size=4),
+       st.floats(0, 10**9))
+def test_every_state_the_rules_accept_is_a_snapshot_avro_can_hold(timed: list, sla_s: float) -> None:
+    """The processor encodes a session's snapshot only when it publishes it, after the event was applied, so
+    the rules must refuse (ValueError, and the processor dead-letters the event) what SessionState cannot
+    hold: a deadline past Avro's long. Times anywhere in the long's range, as the log's records may carry."""
+    codec = default_codec()
+    parts: dict[str, dict | None] = {t: None for t in rules.TABLES}
+    for type_, trans, received in timed:
+        try:
+            change = rules.on_event(parts, ev(type_, trans, received), sla_s)
+        except ValueError as exc:
+            assert "sla_deadline" in str(exc) and "Avro long" in str(exc)
+            continue
+        parts.update(change.writes)
+        if change.after is not None:
+            assert codec.decode(codec.encode("SessionState", change.after)) == change.after
+
+
+def test_a_deadline_past_avros_long_is_refused() -> None:
+    with pytest.raises(ValueError, match="sla_deadline .* SessionState cannot hold"):
+        fold([ev("recording", 2**63 - 1000)])
+    assert fold([ev("roomdrop", 2**63 - 1000)])["sla_deadline"] is None  # nothing expected: no deadline
+
+
 # -- generated sessions ----------------------------------------------------------------------------
 
 TYPES = ["roomdrop", "recording", "transcoded", "file-transfer", "chatdata", "custom-type"]
