@@ -2,8 +2,9 @@
 does nothing with them (no decode, no table, no output), with the processor's consumer settings.
 
 Two ways (``BENCH_MODE``): ``shipped``, faust as it comes (its consumer, the agent iterating its stream);
-``lean``, the way the processor consumes (streams/processor/drain.py's consumer, the agent taking events
-from its stream's queue and acking each, a turn of the event loop every 200).
+``lean``, the way the processor consumes (streams/processor/drain.py's consumer handing the records to an
+inbox of the processor's size, the agent taking them from it and acking each, a turn of the event loop every
+200).
 
 Run as ``python -m bench.faust_bare`` (bench/processor.py does) with ``BENCH_BOOTSTRAP``, ``BENCH_TOPIC``,
 ``BENCH_PARTITIONS``, ``BENCH_EVENTS``, ``BENCH_APP_ID`` and ``BENCH_MODE`` in the environment; it prints
@@ -19,6 +20,8 @@ import time
 
 import faust
 
+from streams.processor.app import INBOX_RECORDS
+
 
 def main() -> None:
     expect = int(os.environ["BENCH_EVENTS"])
@@ -27,12 +30,13 @@ def main() -> None:
                     topic_partitions=int(os.environ["BENCH_PARTITIONS"]), topic_disable_leader=True,
                     consumer_auto_offset_reset="earliest", stream_wait_empty=False)
     lean = os.environ.get("BENCH_MODE", "shipped") == "lean"
+    topic = app.topic(os.environ["BENCH_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw")
     if lean:
         from streams.processor import drain
 
-        drain.install(app)
-    topic = app.topic(os.environ["BENCH_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw")
+        inbox = drain.Inbox(INBOX_RECORDS)
+        drain.install(app, {os.environ["BENCH_TOPIC"]: inbox})
     seen = {"n": 0, "first": 0.0}
 
     def saw() -> None:
@@ -51,13 +55,14 @@ def main() -> None:
                 saw()
             return
         await stream.maybe_start()
-        queue = stream.channel.queue
+        ack = app.consumer.ack
         while True:
-            event = await queue.get()
-            saw()
-            await stream.ack(event)
-            if seen["n"] % 200 == 0:
-                await asyncio.sleep(0)
+            await inbox.wait()
+            for message in inbox.take():
+                saw()
+                ack(message)
+                if seen["n"] % 200 == 0:
+                    await asyncio.sleep(0)
 
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
     app.main()

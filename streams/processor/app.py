@@ -11,7 +11,7 @@
   writer of the tables, event by event, and writes them through output.py, never ``table[key] = ...``:
   faust's own table write sends the changelog record through its producer buffer, ahead of the
   snapshot, which would break the order at-least-once needs. faust's consumer hands it the records
-  through drain.py, without four tasks per record.
+  straight to an inbox (drain.py), without faust's per-record tasks, events, queue and stream iterator.
 - Every change is published as a versioned ``SessionState`` snapshot on the compacted sessions topic (a
   tombstone when the session leaves the tables after its retention), the latest per session at each
   commit (output.py), and every alert of the transition on the alerts topic, with its deterministic
@@ -55,7 +55,8 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from faust.types import TP, EventT
+import orjson
+from faust.types import TP, Message
 
 from streams import dead_letters
 from streams.avro import default_codec
@@ -72,6 +73,13 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 SWEEP_INTERVAL_S = 2.0
 STALL_WARN_S = 10.0  # a partition with records waiting that delivered nothing for this long is put back on
 PRODUCER_LINGER_S = 0.02  # records produced within 20 ms share a produce request (0: one request each)
+# A record batch's size: a flush sends a commit interval's records, one batch after another per partition, each
+# waiting for the one before it to leave (aiokafka's 16 KiB: about fifty produce round trips per flush). Below
+# the broker's default message.max.bytes (1 MiB).
+PRODUCER_BATCH_BYTES = 512 * 1024
+# Records the consumer may hand the agent ahead of it (drain.Inbox): about a fetch (1 MiB per partition), so that
+# the consumer fetches and parses the next one while the agent works through this one.
+INBOX_RECORDS = 20_000
 YIELD_EVERY = 200  # events handled between two turns of the event loop (the sender, the watch, the fetcher)
 HELD_POLL_S = 0.05  # with events held during a restore, how often the agent looks whether it has ended
 REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop after a rebalance
@@ -141,15 +149,23 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         broker_session_timeout=10.0,  # a killed worker's partitions move after at most this
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
+        # commits by the interval only: faust's count-based commit runs in its fetch loop, which hands the agent
+        # nothing while the commit's flush waits for Kafka; its timer commits beside it
+        broker_commit_every=2**31 - 1,
         stream_wait_empty=False,
         producer_acks=-1,
         producer_linger=PRODUCER_LINGER_S,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
     )
-    drain.install(app)  # faust's consumer, without four tasks per record handed to the agent
+    # faust's consumer, handing the agent's records straight to it (drain.py)
+    inbox = drain.Inbox(INBOX_RECORDS)
+    drain.install(app, {log_topic: inbox, command_topic(settings): inbox})
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
     sessions_topic, alerts_topic = settings.topic("sessions"), settings.topic("alerts")
     tables = {name: app.Table(name, default=None, partitions=settings.partitions,
                               help=f"session parts: {name}") for name in rules.TABLES}
+    if any((t.key_serializer, t.value_serializer) != ("json", "json") for t in tables.values()):
+        raise RuntimeError("the processor's tables must have JSON changelogs: write() encodes them with orjson")
     clocks = PartitionClock(clock)
     resend = Resend(clock)
     index = DueIndex()
@@ -157,13 +173,11 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     reindex = {"needed": True, "generation": 0}
 
     output = Output.install(app)
-    serializers = app.serializers
     # the memory stores' dicts, read and written directly: the tables' own get() and set() add sensors, key
     # lookups and a changelog send per call (faust's memory store keeps one dict for good). Taken at first
     # use: a store is created on the worker's event loop.
     stores: dict[str, dict] = {}
     changelogs = {name: table.changelog_topic.get_topic_name() for name, table in tables.items()}
-    key_type, key_serializer = tables[rules.TABLES[0]].key_type, tables[rules.TABLES[0]].key_serializer
 
     def parts_of(name: str) -> dict[str, dict | None]:
         if not stores:
@@ -172,7 +186,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
 
     def write(name: str, partition: int, change: rules.Transition) -> None:
         """The parts into the stores, and held for their changelogs (the event's partition, as faust's
-        table write does), which output.py sends after this event's snapshot and alerts."""
+        table write does), which output.py sends after this event's snapshot and alerts. Encoded as the
+        tables' json serializer does (orjson, for these plain dicts the same bytes), without its registry."""
         key = None
         for t, part in change.writes.items():
             store = stores[t]  # filled: the change was judged on parts_of
@@ -183,10 +198,9 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                 value = None
             else:
                 store[name] = part
-                table = tables[t]
-                value = serializers.dumps_value(table.value_type, part, serializer=table.value_serializer)
+                value = orjson.dumps(part)
             if key is None:
-                key = serializers.dumps_key(key_type, name, serializer=key_serializer)
+                key = orjson.dumps(name)
             output.hold(changelogs[t], partition, key, value)
 
     def encode_state(state: dict) -> bytes:
@@ -306,21 +320,20 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                 acked_index.add(offset)
                 acked.append(offset)
 
-    async def handle(event: EventT) -> None:
-        """One event of the agent's topics: a webhook of the log, or a command of the SLA watch."""
-        message = event.message
-        tp, key = message.tp, event.key
+    async def handle(message: Message) -> None:
+        """One record of the agent's topics: a webhook of the log, or a command of the SLA watch."""
+        tp, key = message.tp, message.key
         if tp.topic == log_topic:
             partition_heard[tp.partition] = time.monotonic()
             holes = continuity.missing(tp.partition, message.offset, committed(tp.partition))
             if holes:
                 await fill(tp, holes)
-            await on_webhook(tp.partition, message.offset, key, event.value)
+            await on_webhook(tp.partition, message.offset, key, message.value)
             return
         if not key:
             return
         try:
-            command = json.loads(event.value)
+            command = json.loads(message.value)
             op, now = command["op"], int(command["now"])
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("skipping a malformed command for %r: %s", key, exc)
@@ -334,7 +347,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             # next event: out of the index until then (or the next rebalance's reindex)
             index.set(key.decode("utf-8", "replace"), tp.partition, None)
             # the command topic is recreated by a rebuild: its offsets repeat, the record's time tells them apart
-            await reject(tp, message.offset, key, event.value, exc,
+            await reject(tp, message.offset, key, message.value, exc,
                          "The SLA watch sends it again after the next rebalance, or after the session's next event",
                          identity=str(message.timestamp))
         rejects.passed()
@@ -344,71 +357,86 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
 
     @app.agent(app.topic(log_topic, command_topic(settings), **RAW))
     async def process(stream: faust.Stream) -> None:
-        """Handles the events in the order faust's conductor queued them for this agent's stream, and acks
-        each through the stream once handled, as the stream's own iterator does (``Stream.ack``), but
-        without that iterator's per-event machinery (a forced event-loop turn, sensors, the current-event
-        context, three nested async generators; about 7% of the processor's time when measured). The queue
-        is faust's own (flow control, back-pressure on the fetcher, cleared on a rebalance); an event of an
-        earlier consumer generation, or one a rebalance overtook while it was handled, is not applied nor
-        acked. An event whose judgement fails is dead-lettered (``reject``) and acked once a later event has
-        been handled; one whose handling raises otherwise (Kafka unreachable) is not acked (faust's iterator
-        would ack it): no commit passes it, and the worker processes it again when it restarts.
+        """Handles the records of the log and the command topic in the order faust's consumer fetched them,
+        and acks each once handled. The agent subscribes faust to the topics (their partitions are assigned
+        and committed with the tables'), but its stream stays empty: the consumer hands the records to
+        ``inbox`` (drain.py), without faust's per-record event, conductor, queue and stream iterator (a
+        forced event-loop turn, sensors, the current-event context, three nested async generators). What that
+        path did for the agent, it does itself: a record of an earlier consumer generation, or one a
+        rebalance overtook while it was handled, is not applied nor acked (faust also clears its queues at a
+        rebalance; the inbox keeps them until they are judged so). A record whose judgement fails is
+        dead-lettered (``reject``) and acked once a later record has been handled; one whose handling raises
+        otherwise (Kafka unreachable) is not acked: no commit passes it, and the worker processes it again
+        when it restarts.
 
-        An event taken while faust settles a rebalance (restores the tables, seeks the partitions) waits
+        A record taken while faust settles a rebalance (restores the tables, seeks the partitions) waits
         until it is done, and is then handled before anything taken after it (restore_buffer.py says why
         it is neither judged meanwhile nor dropped)."""
         await stream.maybe_start()
-        queue = stream.channel.queue
-        held: RestoreBuffer[EventT] = RestoreBuffer()
-        rejected: list[EventT] = []  # dead-lettered, acked once a later event is handled
+        held: RestoreBuffer[Message] = RestoreBuffer()
+        rejected: list[Message] = []  # dead-lettered, acked once a later record is handled
         handled = 0
         halted = False
+        ack = app.consumer.ack
 
-        async def consume(event: EventT) -> None:
+        async def consume(message: Message) -> None:
             nonlocal handled, halted
             if halted:
                 return  # the worker is stopping (too many rejects): nothing more is handled nor acked
-            taken["generation"] = event.message.generation_id
+            taken["generation"] = message.generation_id
             if not live():
-                return  # queued before a rebalance: not acked, the partition's owner processes it
+                return  # fetched before a rebalance: not acked, the partition's owner processes it
             try:
-                await handle(event)
+                await handle(message)
             except StaleEvent as exc:
                 log.info("not applied, the partition's owner processes it from the committed offset: %s", exc)
                 return
             except Rejected:
-                # Not acked yet: if the processor itself is at fault, nothing after its last handled event is
+                # Not acked yet: if the processor itself is at fault, nothing after its last handled record is
                 # committed, and a restarted worker stops at the same place instead of dead-lettering more.
-                rejected.append(event)
+                rejected.append(message)
                 return
             except TooManyRejects as exc:
                 halted = True
                 log.critical("stopping the worker: %s", exc)
-                await app.crash(exc)  # the worker exits with an error; the rejected events are not acked
+                await app.crash(exc)  # the worker exits with an error; the rejected records are not acked
                 return
             for earlier in rejected:
-                if earlier.message.generation_id == taken["generation"]:
-                    await stream.ack(earlier)  # else: revoked meanwhile, the partition's owner re-judges it
+                if earlier.generation_id == taken["generation"]:
+                    ack(earlier)  # else: revoked meanwhile, the partition's owner re-judges it
             rejected.clear()
-            await stream.ack(event)
+            ack(message)
             handled += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a long backlog never returns to the loop by itself
 
-        while True:
-            released = held.release(settling())
-            if released:
-                log.info("rebalance done: handling the %d events that arrived meanwhile", len(released))
-            for event in released:
-                await consume(event)  # re-checks the generation: a rebalance since drops them
-            try:
-                event = await (asyncio.wait_for(queue.get(), HELD_POLL_S) if len(held) else queue.get())
-            except asyncio.TimeoutError:
-                continue  # the restore may have ended
-            except StopAsyncIteration:
-                return  # faust ends its streams so when the worker stops, as its own iterator takes it
-            for event in held.offer(event, settling()):
-                await consume(event)
+        # the stream carries only faust's end of the agent (StopAsyncIteration: the worker stops, or the agent
+        # is restarted), which faust waits for
+        ended = asyncio.ensure_future(stream.channel.queue.get())
+        try:
+            while True:
+                released = held.release(settling())
+                if released:
+                    log.info("rebalance done: handling the %d records that arrived meanwhile", len(released))
+                for message in released:
+                    await consume(message)  # re-checks the generation: a rebalance since drops them
+                if not len(inbox):
+                    waiting = asyncio.ensure_future(inbox.wait())
+                    done, _ = await asyncio.wait({waiting, ended}, timeout=HELD_POLL_S if len(held) else None,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    waiting.cancel()
+                    if ended in done:
+                        if isinstance(ended.exception(), StopAsyncIteration):
+                            return  # as faust's own iterator takes it
+                        ended.result()  # anything else the stream raises is the agent's crash
+                        raise RuntimeError("an event reached the processor's stream instead of its inbox")
+                    if not len(inbox):
+                        continue  # the restore may have ended
+                for taken_message in inbox.take():
+                    for message in held.offer(taken_message, settling()):
+                        await consume(message)
+        finally:
+            ended.cancel()
 
     @app.on_before_shutdown.connect
     async def close_reader(_app: faust.App, **_kwargs: Any) -> None:

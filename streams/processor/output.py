@@ -155,6 +155,7 @@ class Output:
                 batch = batches[(topic, partition)] = producer.create_batch()
                 batch.append(timestamp=None, key=key, value=value)  # an empty batch takes any record
         for (topic, partition), batch in batches.items():
+            batch.close()  # complete: the sender takes it at once instead of lingering for more records
             self._unconfirmed.append(await producer.send_batch(batch, topic, partition=partition))
 
     def _fail(self, exc: BaseException, what: str = "a processor record could not be written to Kafka") -> None:

@@ -53,6 +53,7 @@ Retention (:func:`expired`)
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
@@ -101,9 +102,12 @@ def table_of(event_type: str) -> str:
 
 # -- base facts: order-free ------------------------------------------------------------------------
 
+_EMPTY_BASE: Base = {"app_id": "", "conf_num": "", "room_id": None, "event_ids": [], **{s: None for s in STAGES},
+                     **{c: 0 for c in COUNTS}, "stalled_at": None, "last_event_at": 0}
+
+
 def empty_base(app_id: str, conf_num: str) -> Base:
-    return {"app_id": app_id, "conf_num": conf_num, "room_id": None, "event_ids": [],
-            **{s: None for s in STAGES}, **{c: 0 for c in COUNTS}, "stalled_at": None, "last_event_at": 0}
+    return {**_EMPTY_BASE, "app_id": app_id, "conf_num": conf_num, "event_ids": []}
 
 
 def empty(app_id: str, conf_num: str) -> State:
@@ -132,10 +136,16 @@ def absorb(base: Base | None, event: Event) -> Base:
     stage = STAGE_OF_TYPE.get(event["type"])
     if stage is not None:
         new[stage] = _min(new[stage], event_time(event))
-    new["last_event_at"] = max(new["last_event_at"], event["received_at"])
-    new["room_id"] = _min(new["room_id"], event.get("room_id"))
-    if event["event_id"] not in new["event_ids"]:
-        new["event_ids"] = sorted([*new["event_ids"], event["event_id"]])
+    received = event["received_at"]
+    if received > new["last_event_at"]:
+        new["last_event_at"] = received
+    room = event.get("room_id")
+    if room is not None and (new["room_id"] is None or room < new["room_id"]):
+        new["room_id"] = room
+    event_id = event["event_id"]
+    if event_id not in new["event_ids"]:
+        ids = new["event_ids"] = list(new["event_ids"])
+        bisect.insort(ids, event_id)
         for f in event.get("files") or ():
             column = FILES_OF_KIND.get(f["kind"])
             if column is not None:
@@ -209,13 +219,19 @@ def merge(state: State | None, event: Event, sla_seconds: float) -> State:
     return derive(absorb(base_of(state) if state is not None else None, event), sla_seconds)
 
 
+def joined(parts: Iterable[Base | None]) -> Base | None:
+    """The base facts of a session's parts together (None when it has none); may be one of the parts
+    itself: never modify it."""
+    total: Base | None = None
+    for part in parts:
+        if part is not None:
+            total = part if total is None else join(total, part)
+    return total
+
+
 def combine(parts: Mapping[str, Base | None] | Iterable[Base | None], sla_seconds: float) -> State | None:
     """The session's state from its parts (one per table), or None when it has none."""
-    values = parts.values() if isinstance(parts, Mapping) else parts
-    total: Base | None = None
-    for part in values:
-        if part is not None:
-            total = part if total is None else join(total, part)  # derive copies what it keeps
+    total = joined(parts.values() if isinstance(parts, Mapping) else parts)
     return None if total is None else derive(total, sla_seconds)
 
 
@@ -322,12 +338,14 @@ def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float)
     The parts are combined once, into the state before. The state after is that state with the event
     absorbed: event ids never overlap across tables, so absorbing into the whole equals absorbing into
     the event's own part and combining again (the property tests hold the two together)."""
-    before = combine(parts, sla_seconds)
+    base = joined(parts.values())
+    before = None if base is None else derive(base, sla_seconds)
     writes: dict[str, Base | None] = {}
     stalled, alerts = before, []
     if before is not None and stall_due(before, event["received_at"]):
         writes[STALL_TABLE] = _stalled_part(parts.get(STALL_TABLE), before)
-        stalled = apply_stall(before, sla_seconds)
+        base = {**base, "stalled_at": before["sla_deadline"]}  # type: ignore[dict-item]
+        stalled = derive(base, sla_seconds)
         alerts = alerts_for(before, stalled)
     table = table_of(event["type"])
     current = writes.get(table, parts.get(table))
@@ -335,7 +353,7 @@ def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float)
     if merged == current:  # a repeat: nothing new (a stall recorded just now is written all the same)
         return Transition(writes, before, stalled, alerts)
     writes[table] = merged
-    after = derive(merged if stalled is None else absorb(stalled, event), sla_seconds)
+    after = derive(merged if base is None else absorb(base, event), sla_seconds)
     return Transition(writes, before, after, alerts + alerts_for(stalled, after))
 
 

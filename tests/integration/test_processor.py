@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -415,6 +416,38 @@ def test_replay_of_a_historical_log_and_retention(bootstrap: str, tmp_path: Path
 
 # -- workers joining while the others work through a backlog ------------------------------------------
 
+class Backlog:
+    """Keeps producing sessions (three events each, a day old) from a thread of its own until stopped, so that
+    whatever the processor's speed, records are in flight while workers join. At most ``limit`` events."""
+
+    def __init__(self, settings: Settings, limit: int = 300_000) -> None:
+        self.settings, self.limit = settings, limit
+        self.produced = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.error: BaseException | None = None
+
+    async def _run(self) -> None:
+        start = time.time() - 86_400  # a day old: judged by event time, nothing alerts
+        try:
+            while not self._stop.is_set() and self.produced < self.limit:
+                n = self.produced // 3
+                await _produce(self.settings, [event(kind, f"j{n + i}", start + k, start + k) for i in range(1000)
+                                               for k, kind in enumerate(("roomdrop", "recording", "transcoded"))])
+                self.produced += 3000
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+
+    def __enter__(self) -> Backlog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert self.error is None, f"the backlog's producer failed: {self.error!r}"
+
+
 def test_workers_joining_under_a_backlog_leave_no_event_uncommitted(bootstrap: str, tmp_path: Path) -> None:
     """Each join is a rebalance while the others have events in flight: after it, the group's commits must
     still reach the end of the log (an event taken while faust settles the rebalance, and not handled
@@ -435,15 +468,21 @@ def test_workers_joining_under_a_backlog_leave_no_event_uncommitted(bootstrap: s
     workers = Workers(settings, tmp_path)
     try:
         workers.start(1)
-        for joining in (2, 3):
-            deadline = time.monotonic() + 60
-            while left() > len(log) * (1 - (joining - 1) / 4) and time.monotonic() < deadline:
-                workers.check_alive()  # until a quarter more of the log is committed
-                time.sleep(0.3)  # poll interval, bounded by the deadline
-            remaining = left()
-            assert 0 < remaining < len(log), f"{remaining} of {len(log)} left when worker {joining} joins\n" \
-                                             f"{workers.logs()}"
-            workers.start(1)
+        deadline = time.monotonic() + 60
+        while left() > len(log) * 3 / 4 and time.monotonic() < deadline:
+            workers.check_alive()  # until a quarter of the log is committed
+            time.sleep(0.3)  # poll interval, bounded by the deadline
+        with Backlog(settings) as backlog:
+            for joining in (2, 3):
+                workers.start(1)
+                deadline, behind_at_join = time.monotonic() + 90, []
+                while (state := asyncio.run(_members(settings, group))) != ("Stable", joining):
+                    workers.check_alive()
+                    behind_at_join.append(left())
+                    assert time.monotonic() < deadline, f"group {group}: {state}\n{workers.logs()}"
+                    time.sleep(0.3)  # poll interval, bounded by the deadline
+                assert max(behind_at_join, default=0) > 0, f"worker {joining} joined with nothing in flight " \
+                                                          f"({backlog.produced} produced)\n{workers.logs()}"
         commits_reach_the_end(workers, timeout_s=120)
         workers.check_alive()
     finally:

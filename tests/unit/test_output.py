@@ -26,17 +26,23 @@ class Batch:
     def __init__(self, size: int) -> None:
         self.size = size
         self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.closed = False  # a closed batch is sent at once; an open one lingers for more records
 
     def append(self, *, timestamp: None, key: bytes | None, value: bytes | None) -> object | None:
-        if len(self.records) >= self.size:
+        if self.closed or len(self.records) >= self.size:
+            self.closed = True  # as aiokafka's BatchBuilder does once full
             return None
         self.records.append((key, value))
         return object()
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class Kafka:
     def __init__(self, batch_size: int = 100) -> None:
         self.size = batch_size  # records per batch
+        self.lingering = 0  # batches sent open
         self.calls: list[tuple] = []
         self.pending: list[asyncio.Future] = []
         self.gate: asyncio.Event | None = None  # set: the next flush waits for it
@@ -54,6 +60,7 @@ class Kafka:
         return Batch(self.size)
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
+        self.lingering += not batch.closed
         future = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         self.calls += [("send", topic, key, value, partition) for key, value in batch.records]
@@ -126,6 +133,7 @@ def test_a_full_batch_is_queued_and_the_rest_go_in_the_next() -> None:
         await out.flush()
         assert kafka.sent() == [(CHANGELOG, f"a/{i}".encode(), b"part", 0) for i in range(5)]
         assert len(kafka.pending) == 0 and kafka.calls.count(("flushed",)) == 2
+        assert kafka.lingering == 0  # every batch complete when sent: a flush never waits for a linger
 
     asyncio.run(scenario())
 
