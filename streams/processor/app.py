@@ -210,7 +210,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         """The alerts of ``change``, encoded: a value the schema cannot hold raises here, before anything is
         applied. (Its snapshot is encoded at the flush, once per session however often it changed; the rules
         refuse the one value they could compute that it cannot hold, rules.derive.)"""
-        return [codec.encode("SlaAlert", a) for a in change.alerts]
+        return [codec.encode("SlaAlert", a) for a in change.alerts] if change.alerts else []
 
     def publish(key: bytes, partition: int, change: rules.Transition, alerts: list[bytes]) -> None:
         """The alerts and the snapshot of ``change``, on the event's partition (the same keys and partition
@@ -324,11 +324,13 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         """One record of the agent's topics: a webhook of the log, or a command of the SLA watch."""
         tp, key = message.tp, message.key
         if tp.topic == log_topic:
-            partition_heard[tp.partition] = time.monotonic()
-            holes = continuity.missing(tp.partition, message.offset, committed(tp.partition))
+            partition = tp.partition
+            partition_heard[partition] = time.monotonic()
+            holes = continuity.missing(partition, message.offset,
+                                       None if continuity.knows(partition) else committed(partition))
             if holes:
                 await fill(tp, holes)
-            await on_webhook(tp.partition, message.offset, key, message.value)
+            await on_webhook(partition, message.offset, key, message.value)
             return
         if not key:
             return

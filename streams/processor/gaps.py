@@ -24,6 +24,11 @@ class Continuity:
     def __init__(self) -> None:
         self._next: dict[int, int] = {}
 
+    def knows(self, partition: int) -> bool:
+        """Whether a record of ``partition`` was received since its assignment (``missing`` then needs no
+        ``start``)."""
+        return partition in self._next
+
     def missing(self, partition: int, offset: int, start: int | None = None) -> range:
         """The offsets skipped before ``offset`` (empty when none); ``offset`` is then taken as received.
 

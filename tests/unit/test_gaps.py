@@ -17,7 +17,9 @@ def test_in_order_redelivery_and_holes() -> None:
     assert c.missing(0, 20) == range(13, 20)  # a hole
     assert c.missing(1, 3, start=0) == range(0, 3)  # the first record after an assignment, past the start
     assert c.missing(2, 7, start=7) == range(0)
+    assert c.knows(0) and not c.knows(3)  # the start matters only where nothing was received yet
     c.forget([0])
+    assert not c.knows(0)
     assert c.missing(0, 30, start=21) == range(21, 30)
 
 
