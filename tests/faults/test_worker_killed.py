@@ -1,4 +1,4 @@
-"""One of two processor workers killed with SIGKILL while they work through a log of 80,000 events.
+"""One of two processor workers killed with SIGKILL while they work through a log of 40,000 events.
 
 Afterwards ClickHouse (``FINAL``) holds every event exactly once, every session's state equals the one a
 clean replay of the log by the pure rules gives, and the alerts are exactly the expected ones.
@@ -31,8 +31,8 @@ from tests.offsets import behind
 from tests.polling import poll, task_dumps
 
 ROOT = Path(__file__).resolve().parents[2]
-SESSIONS = 20_000  # four events each: 80,000, enough that two workers take a few seconds
-SPACING_S = 0.75  # between sessions: the log spans about 5 h 10 min, all of it more than 50 minutes old
+SESSIONS = 10_000  # four events each: 40,000, so that two workers take longer than their first commit
+SPACING_S = 1.5  # between sessions: the log spans about 5 h 10 min, all of it more than 50 minutes old
 SLA_S = 45 * 60
 
 
@@ -121,7 +121,7 @@ def test_worker_killed_under_load(bootstrap: str, tmp_path: Path) -> None:
             except Exception:  # noqa: BLE001 - no coordinator for the group yet: nothing committed
                 return len(log_events)
 
-        poll("the processors at work", lambda: uncommitted() < len(log_events), 90, logs)
+        poll("the processors at work", lambda: uncommitted() < len(log_events), 90, logs, interval_s=0.1)
         left = uncommitted()
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(timeout=10)
