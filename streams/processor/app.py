@@ -23,9 +23,10 @@
 - An event whose judgement fails (the rules, or the encoding of its alerts, raise: a record no version of
   the rules foresaw, a value the schemas cannot hold, which the rules check for the snapshot) is not
   applied: it goes to the dead-letter topic (reason ``processor_failed: ...``, source
-  ``topic/partition/offset``, an id derived from those) and acked once a later event has been handled, so one bad record neither stops its
-  partition nor holds its commits back. A worker that sees too many of them stops instead (rejects.py),
-  and, having acked none since its last handled event, a restarted worker stops at the same place.
+  ``topic/partition/offset``, an id derived from those) and acked once a later event has been handled,
+  so one bad record neither stops its partition nor holds its commits back. A worker that sees too many
+  of them stops instead (rejects.py), and, having acked none since its last handled event, a restarted
+  worker stops at the same place.
   Failures to write to Kafka are not dead-lettered: they stop the commits (output.py).
 - Two guards against faust-streaming 0.15.3 losing webhook records around a rebalance (both found by the
   worker-kill fault test, both logged when they act): the agent checks that it receives every offset of

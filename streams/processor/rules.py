@@ -83,6 +83,7 @@ BASE_FIELDS = ("app_id", "conf_num", "room_id", "event_ids", *STAGES, *COUNTS, "
 
 # Commands of the SLA watch, applied by the owning agent.
 STALL, EXPIRE = "stall", "expire"
+
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1  # Avro's long: every time in a SessionState
 
 

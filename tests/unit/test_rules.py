@@ -124,6 +124,7 @@ def test_state_fields_and_latencies() -> None:
     assert state["last_event_at"] == END + 120_000
     # the state is a SessionState: it travels through the Avro contract unchanged
     assert default_codec().decode(default_codec().encode("SessionState", state)) == state
+    assert tuple(state) == rules.STATE_FIELDS  # derive writes the fields out one by one: none forgotten
 
 
 def test_trans_date_missing_falls_back_to_received_at() -> None:
