@@ -30,18 +30,22 @@ The stall
     says a stall is due (a composite is expected, none has come, none recorded, ``now > deadline``) and an
     explicit ``stall`` command (:func:`apply_stall`, or :func:`on_command` with ``"stall"``) records it.
     ``stalled_at`` is set to the deadline itself, an event time, so a live run and a replay of the same log
-    write the same state and the same alert. Two places decide a stall, both with the log's own notion of
+    write the same state and the same alert (its ``detected_at`` aside: when it was raised). Two places decide a stall, both with the log's own notion of
     "now": a webhook of the session received at or after its deadline (:func:`step`: nothing came before
     it, or the composite would be merged already) and the SLA watch (watch.py: the log's time while the
     consumer is behind, the wall clock once it has caught up).
 
-Alerts (:func:`alerts_for`) come from transitions, each at most once per session:
-    - the stall recorded -> ``transcode_stalled`` (``detected_at`` = the deadline);
-    - a ``transcoded`` merged into a stalled session (a stall, then a late composite; or a composite
-      received after the deadline, which records the stall and merges it in one step) ->
-      ``transcode_recovered`` with ``overdue_s = (transcoded_at - deadline) / 1000``.
-    Both carry the deadline that was breached (``stalled_at``), which a ``roomdrop`` merged after the stall
-    may no longer equal ``sla_deadline``.
+Alerts (:func:`alerts_for`) come from transitions, each at most once per session, with ``detected_at`` the
+"now" that raised them (the receive time of the webhook that proved it, or the watch's "now": the wall clock
+live, the log's time in a replay) and ``deadline`` the deadline that was breached (``stalled_at``):
+    - the stall recorded -> ``transcode_stalled``;
+    - a ``transcoded`` merged into a stalled session -> ``transcode_recovered`` with
+      ``overdue_s = max(0, transcoded_at - sla_deadline) / 1000``: never negative. A composite whose
+      ``trans_date`` is at or before the deadline makes the session ``met`` whenever it is delivered; it
+      records no stall when it arrives after the deadline (:func:`stall_due_before`), and if a page went out
+      before it arrived, the recovery closes it as a late delivery (``overdue_s`` 0, the delivery delay
+      ``detected_at - deadline``). A ``roomdrop`` merged after the stall re-judges the session against the
+      new deadline (``sla_state``, ``overdue_s``); the page that went out stays recorded.
     The ``alert_id`` is a hash of the session key and the kind: whoever raises it, however often.
 
 Retention (:func:`expired`)
@@ -260,8 +264,14 @@ def apply_stall(state: State, sla_seconds: float) -> State:
     return derive({**state, "stalled_at": state["sla_deadline"]}, sla_seconds)
 
 
-def alerts_for(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[Alert]:
-    """The SlaAlerts a transition raises: a stall once, a composite after a stall once."""
+def alerts_for(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, now_ms: int) -> list[Alert]:
+    """The SlaAlerts a transition raises at ``now_ms`` (when it is raised: its ``detected_at``): a stall once,
+    a composite after a stall once.
+
+    A recovery's ``overdue_s`` is the composite's time past the session's deadline as it stands now (a
+    ``roomdrop`` merged after the stall re-judges it against the new one), never negative: a composite at
+    or before the deadline that arrives after the page closes it as a late delivery, ``overdue_s`` 0, its
+    delivery delay ``detected_at - deadline``."""
     if after is None:
         return []
     key = session_key(after["app_id"], after["conf_num"])
@@ -271,26 +281,43 @@ def alerts_for(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
     out: list[Alert] = []
     was_stalled = before is not None and before["stalled_at"] is not None
     if after["stalled_at"] is not None and not was_stalled:
-        out.append({"alert_id": alert_id(key, STALLED), "kind": STALLED, "detected_at": after["stalled_at"],
+        out.append({"alert_id": alert_id(key, STALLED), "kind": STALLED, "detected_at": now_ms,
                     "overdue_s": None, **common})
     was_recovered = was_stalled and before is not None and before["transcoded_at"] is not None
     if after["stalled_at"] is not None and after["transcoded_at"] is not None and not was_recovered:
-        overdue = (after["transcoded_at"] - after["stalled_at"]) / 1000.0
-        out.append({"alert_id": alert_id(key, RECOVERED), "kind": RECOVERED, "detected_at": after["transcoded_at"],
+        deadline = after["sla_deadline"] if after["sla_deadline"] is not None else after["stalled_at"]
+        overdue = max(0, after["transcoded_at"] - deadline) / 1000.0
+        out.append({"alert_id": alert_id(key, RECOVERED), "kind": RECOVERED, "detected_at": now_ms,
                     "overdue_s": overdue, **common})
     return out
 
 
+def stall_due_before(before: Mapping[str, Any] | None, event: Event) -> int | None:
+    """The deadline a webhook proves breached before it is merged, or None.
+
+    The log's own clock: a record received after the deadline proves the deadline passed without a
+    composite before it (the live watch saw it pass: judging by the deadline known before the record is
+    what makes a replay equal the live run), unless the record is itself that composite, on time (its
+    ``trans_date`` at or before the deadline: the session is ``met``, however late it was delivered)."""
+    if before is None or not stall_due(before, event["received_at"]):
+        return None
+    deadline: int = before["sla_deadline"]
+    if event["type"] == "transcoded" and event_time(event) <= deadline:
+        return None
+    return deadline
+
+
 def step(state: State | None, event: Event, sla_seconds: float) -> tuple[State, list[Alert]]:
     """What the processor does with one webhook of the session: first judge the stall at the event's
-    receive time (the log's own clock: a record received after the deadline proves the deadline passed
-    without a composite before it), then merge. The new state and the alerts of the transition."""
-    current, alerts = state, []
-    if state is not None and stall_due(state, event["received_at"]):
-        current = apply_stall(state, sla_seconds)
-        alerts = alerts_for(state, current)  # as the watch would have raised it just before this event
+    receive time (:func:`stall_due_before`), then merge. The new state and the alerts of the transition,
+    raised at the event's receive time."""
+    current, alerts, now = state, [], event["received_at"]
+    deadline = stall_due_before(state, event)
+    if state is not None and deadline is not None:
+        current = derive({**base_of(state), "stalled_at": deadline}, sla_seconds)
+        alerts = alerts_for(state, current, now)  # as the watch would have raised it just before this event
     merged = merge(current, event, sla_seconds)
-    return merged, alerts + alerts_for(current, merged)
+    return merged, alerts + alerts_for(current, merged, now)
 
 
 def sweep_step(state: State, now_ms: int, sla_seconds: float) -> tuple[State, list[Alert]]:
@@ -298,7 +325,7 @@ def sweep_step(state: State, now_ms: int, sla_seconds: float) -> tuple[State, li
     if not stall_due(state, now_ms):
         return state, []
     after = apply_stall(state, sla_seconds)
-    return after, alerts_for(state, after)
+    return after, alerts_for(state, after, now_ms)
 
 
 def last_activity(state: Mapping[str, Any]) -> int:
@@ -342,12 +369,13 @@ def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float)
     base = joined(parts.values())
     before = None if base is None else derive(base, sla_seconds)
     writes: dict[str, Base | None] = {}
-    stalled, alerts = before, []
-    if before is not None and stall_due(before, event["received_at"]):
-        writes[STALL_TABLE] = _stalled_part(parts.get(STALL_TABLE), before)
-        base = {**base, "stalled_at": before["sla_deadline"]}  # type: ignore[dict-item]
+    stalled, alerts, now = before, [], event["received_at"]
+    deadline = stall_due_before(before, event)
+    if before is not None and deadline is not None:
+        writes[STALL_TABLE] = _stalled_part(parts.get(STALL_TABLE), before, deadline)
+        base = {**base, "stalled_at": deadline}  # type: ignore[dict-item]
         stalled = derive(base, sla_seconds)
-        alerts = alerts_for(before, stalled)
+        alerts = alerts_for(before, stalled, now)
     table = table_of(event["type"])
     current = writes.get(table, parts.get(table))
     merged = absorb(current, event)
@@ -355,7 +383,7 @@ def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float)
         return Transition(writes, before, stalled, alerts)
     writes[table] = merged
     after = derive(merged if base is None else absorb(base, event), sla_seconds)
-    return Transition(writes, before, after, alerts + alerts_for(stalled, after))
+    return Transition(writes, before, after, alerts + alerts_for(stalled, after, now))
 
 
 def on_command(parts: Mapping[str, Base | None], op: str, now_ms: int, sla_seconds: float,
@@ -365,15 +393,15 @@ def on_command(parts: Mapping[str, Base | None], op: str, now_ms: int, sla_secon
     if before is None:
         return Transition({}, None, None, [])
     if op == STALL and stall_due(before, now_ms):
-        writes = {STALL_TABLE: _stalled_part(parts.get(STALL_TABLE), before)}
+        writes = {STALL_TABLE: _stalled_part(parts.get(STALL_TABLE), before, before["sla_deadline"])}
         after = combine({**parts, **writes}, sla_seconds)
-        return Transition(writes, before, after, alerts_for(before, after))
+        return Transition(writes, before, after, alerts_for(before, after, now_ms))
     if op == EXPIRE and expired(before, now_ms, retention_s):
         return Transition({t: None for t, p in parts.items() if p is not None}, before, None, [])
     return Transition({}, before, before, [])
 
 
-def _stalled_part(part: Base | None, state: State) -> Base:
+def _stalled_part(part: Base | None, state: State, deadline: int) -> Base:
     out = dict(part) if part is not None else empty_base(state["app_id"], state["conf_num"])
-    out["stalled_at"] = state["sla_deadline"]
+    out["stalled_at"] = deadline
     return out
