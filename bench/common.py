@@ -25,7 +25,7 @@ from streams import config
 from streams.avro import default_codec
 from streams.broker.local import LocalKafka, free_port
 from streams.broker.topics import contract_topics, ensure_topics
-from streams.dev import child_env
+from streams.children import child_env
 from streams.events import event_id_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,6 @@ settings, so each keeps its own event loop and a crash of one is reported, not h
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams import config
+from streams.children import child_env
 
 Echo = Callable[[str], None]
 
@@ -41,19 +41,6 @@ class Child:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-
-def child_env(settings: config.Settings) -> dict[str, str]:
-    """The environment that gives a child exactly this command's settings (secrets included, never printed)."""
-    env = dict(os.environ)
-    for s in config.SETTINGS:
-        value = getattr(settings, s.field)
-        if value is None:
-            env.pop(s.env, None)
-            continue
-        env[s.env] = value.reveal() if isinstance(value, config.Secret) else str(value)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
 
 
 def _die_with_parent() -> None:

@@ -238,7 +238,7 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
     processors sharing the log's partitions), with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
-    from streams.dev import child_env
+    from streams.children import child_env
 
     try:
         reset_clickhouse(settings, echo)
