@@ -18,9 +18,11 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streams.schema_files import schemas_dir
+
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+SCHEMA_DIR = schemas_dir() / "avro"
 
 
 class AvroError(ValueError):

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from streams.config import Settings
+from streams.schema_files import schemas_dir
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "schemas" / "clickhouse"
+MIGRATIONS_DIR = schemas_dir() / "clickhouse"
 LEDGER = "enablex.schema_migrations"
 _FILE = re.compile(r"^(\d{3,})_([A-Za-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";\s*$")

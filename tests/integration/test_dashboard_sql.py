@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from streams import dashboards
+from tests import dashboards
 from streams.avro import default_codec
 from streams.config import Settings
 from streams.simulate import Expected, generate

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams import dashboards as d
-from streams.dashboards import DashboardError, expand_macros, interpolate_variables, select_columns
+from tests import dashboards as d
+from tests.dashboards import DashboardError, expand_macros, interpolate_variables, select_columns
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON_DIR = ROOT / "dashboards" / "json"
