@@ -22,7 +22,10 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from streams.broker.replication import internal_topic_configs, replication_for
 
 POM = Path(__file__).with_name("pom.xml")
 MAIN_CLASS = "kafka.Kafka"
@@ -154,16 +157,32 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterRole:
+    """A node's place in a local cluster: its id, the quorum's voters, its own controller port (None for a
+    broker-only node), the cluster id every node's storage is formatted with, and the replication the
+    internal topics get."""
+
+    node_id: int
+    voters: str
+    controller_port: int | None
+    cluster_id: str
+    replication: int
+
+
 class LocalKafka:
-    """One single-node KRaft broker whose files live in ``<data_dir>/kafka``."""
+    """One KRaft node whose files live in ``<data_dir>/kafka``: by default a single-node cluster (broker and
+    controller in one JVM); given a :class:`ClusterRole` (and its own ``home``), one node of a
+    :class:`LocalKafkaCluster`."""
 
     def __init__(self, data_dir: Path, cache_dir: Path, port: int = 9092, host: str = "localhost",
-                 heap: str | None = None) -> None:
-        self.home = Path(data_dir).resolve() / "kafka"
+                 heap: str | None = None, *, home: Path | None = None, role: ClusterRole | None = None) -> None:
+        self.home = Path(home).resolve() if home is not None else Path(data_dir).resolve() / "kafka"
         self.cache_dir = Path(cache_dir)
         self.port = port
         self.host = host
         self.heap = heap or os.environ.get("KAFKA_HEAP_OPTS") or DEFAULT_HEAP
+        self.role = role
         self.version = pinned_kafka_version()
         self.storage = self.home / "storage"
         self.log = self.home / "broker.log"
@@ -208,12 +227,16 @@ class LocalKafka:
 
     # -- start ------------------------------------------------------------------------------------
 
-    def _write_config(self, controller_port: int) -> None:
+    def _write_config(self, controller_port: int | None) -> None:
+        role = self.role or ClusterRole(1, f"1@127.0.0.1:{controller_port}", controller_port, "", 1)
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port}"
+        if role.controller_port is not None:
+            listeners += f",CONTROLLER://127.0.0.1:{role.controller_port}"
         props = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+            "process.roles": "broker,controller" if role.controller_port is not None else "broker",
+            "node.id": str(role.node_id),
+            "controller.quorum.voters": role.voters,
+            "listeners": listeners,
             "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -221,12 +244,8 @@ class LocalKafka:
             "log.dirs": str(self.storage),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
+            **internal_topic_configs(role.replication),
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
@@ -245,7 +264,7 @@ class LocalKafka:
     def _format_storage(self, java: str, lib: Path) -> None:
         if (self.storage / "meta.properties").exists():
             return
-        cluster_id = new_cluster_id()
+        cluster_id = self.role.cluster_id if self.role else new_cluster_id()
         for _attempt in range(2):  # one retry: the tool is a one-shot JVM, which can fail to start transiently
             proc = subprocess.run(
                 # "--cluster-id=<id>": an id may start with "-" (base64url), which a separate argument would
@@ -262,9 +281,16 @@ class LocalKafka:
 
     def start(self, timeout_s: float = 90.0, echo: Callable[[str], None] = print) -> BrokerStatus:
         """Start the broker (a no-op when it already runs) and wait until it answers a metadata request."""
-        current = self.status()
-        if current.running:
-            return current
+        proc = self.launch(echo=echo)
+        if proc is None:
+            return self.status()
+        return self.wait_ready(proc, timeout_s)
+
+    def launch(self, echo: Callable[[str], None] = print) -> subprocess.Popen | None:
+        """Start the broker's JVM without waiting for it (None when it already runs). A node of a cluster
+        cannot answer before a majority of the quorum runs, so a cluster launches every node first."""
+        if self.status().running:
+            return None
         java = self._java()
         if not port_is_free(self.port):
             raise BrokerError(
@@ -274,7 +300,7 @@ class LocalKafka:
         lib = resolve_jars(self.cache_dir, self.version, echo=echo)
         self.home.mkdir(parents=True, exist_ok=True)
         self.storage.mkdir(parents=True, exist_ok=True)
-        controller_port = free_port()
+        controller_port = None if self.role else free_port()
         self._write_config(controller_port)
         self._format_storage(java, lib)
         cmd = [java, *self.heap.split(), "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -288,6 +314,10 @@ class LocalKafka:
                                     start_new_session=True, cwd=self.home)
         self.state_file.write_text(json.dumps({"pid": proc.pid, "port": self.port, "version": self.version,
                                                "controller_port": controller_port}))
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen, timeout_s: float = 90.0) -> BrokerStatus:
+        """Wait until the launched broker answers a metadata request; kill it and raise if it does not."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             code = proc.poll()
@@ -349,3 +379,103 @@ def _reap(pid: int, block: bool = False) -> None:
             os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+CLUSTER_HEAP = "-Xms64m -Xmx256m"  # three JVMs on a shared machine: small heaps (KAFKA_HEAP_OPTS overrides)
+QUORUM = 3  # controllers of a local cluster: a majority survives the loss of any one
+
+
+@dataclasses.dataclass
+class ClusterStatus:
+    nodes: list[BrokerStatus]
+
+    @property
+    def running(self) -> bool:
+        return all(n.running for n in self.nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def describe(self) -> str:
+        up = sum(n.running for n in self.nodes)
+        state = "running" if self.running else ("stopped" if up == 0 else "degraded")
+        lines = [f"{state}  bootstrap={self.bootstrap}  brokers={up}/{len(self.nodes)} running"]
+        lines += [f"  node {i + 1}: {n.describe()}" for i, n in enumerate(self.nodes)]
+        return "\n".join(lines)
+
+
+class LocalKafkaCluster:
+    """A local cluster of ``brokers`` KRaft nodes on loopback, for tests of a broker's loss and for trying a
+    deployment's replication on one machine. The first three nodes are broker and controller in one JVM
+    (the quorum); any further ones are brokers only. Node ``i`` keeps its storage, log and config in
+    ``<data_dir>/kafka/node-<i>``; the layout (ports, cluster id) is fixed at the first start in
+    ``<data_dir>/kafka/cluster.json``, so a node restarted alone rejoins the same quorum."""
+
+    def __init__(self, data_dir: Path, cache_dir: Path, brokers: int = 3, port: int = 9092,
+                 host: str = "localhost", heap: str | None = None, ports: list[int] | None = None) -> None:
+        if brokers < 1:
+            raise BrokerError(f"a cluster needs at least one broker, got --brokers {brokers}")
+        self.home = Path(data_dir).resolve() / "kafka"
+        self.layout_file = self.home / "cluster.json"
+        layout = self._read_layout()
+        if layout and len(layout["ports"]) != brokers:
+            raise BrokerError(f"the local cluster in {self.home} has {len(layout['ports'])} brokers, not {brokers}: "
+                              f"use --brokers {len(layout['ports'])}, or stop it and remove {self.home} to start "
+                              f"afresh")
+        self._layout = layout or {"cluster_id": new_cluster_id(),
+                                  "ports": list(ports) if ports else [port + i for i in range(brokers)],
+                                  "controller_ports": [free_port() for _ in range(min(QUORUM, brokers))]}
+        controllers = self._layout["controller_ports"]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(controllers))
+        replication = replication_for(brokers)
+        heap = heap or os.environ.get("KAFKA_HEAP_OPTS") or CLUSTER_HEAP
+        self.nodes = [
+            LocalKafka(data_dir, cache_dir, port=p, host=host, heap=heap, home=self.home / f"node-{i + 1}",
+                       role=ClusterRole(i + 1, voters, controllers[i] if i < len(controllers) else None,
+                                        self._layout["cluster_id"], replication))
+            for i, p in enumerate(self._layout["ports"])]
+
+    def _read_layout(self) -> dict | None:
+        try:
+            return json.loads(self.layout_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def version(self) -> str:
+        return self.nodes[0].version
+
+    def status(self) -> ClusterStatus:
+        return ClusterStatus([n.status() for n in self.nodes])
+
+    def start(self, timeout_s: float = 180.0, echo: Callable[[str], None] = print) -> ClusterStatus:
+        """Start every node that is not running, then wait until each answers (a no-op when all run)."""
+        for node in self.nodes:
+            if not node.status().running and not port_is_free(node.port):
+                raise BrokerError(f"port {node.port} is already taken by another process, so broker "
+                                  f"{node.role.node_id} cannot listen there. Stop that process, or choose "
+                                  f"another first port (--port N; the brokers take N, N+1, ...).")
+        resolve_jars(self.nodes[0].cache_dir, self.version, echo=echo)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.layout_file.write_text(json.dumps(self._layout))
+        launched = [(node, node.launch(echo=echo)) for node in self.nodes]
+        deadline = time.monotonic() + timeout_s
+        try:
+            for node, proc in launched:
+                if proc is not None:
+                    node.wait_ready(proc, max(1.0, deadline - time.monotonic()))
+        except BrokerError:
+            self.stop()
+            raise
+        return self.status()
+
+    def stop(self, timeout_s: float = 30.0) -> str:
+        """Stop every node at once (one by one, the last ones would wait for a quorum already gone)."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            said = list(pool.map(lambda n: n.stop(timeout_s), self.nodes))
+        return "\n".join(f"node {i + 1}: {s}" for i, s in enumerate(said))

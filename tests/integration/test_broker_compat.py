@@ -50,7 +50,7 @@ async def _consume(bootstrap: str, topic: str, until, timeout_s: float) -> list:
 
 def test_pinned_version_is_what_runs(kafka_broker: LocalKafka) -> None:
     assert kafka_broker.status().running
-    assert kafka_broker.version == pinned_kafka_version() == "4.1.1"
+    assert kafka_broker.version == pinned_kafka_version() == "4.4.0"
 
 
 def test_aiokafka_produces_and_consumes(bootstrap: str) -> None:
