@@ -154,11 +154,17 @@ def kafka_topics(settings: config.Settings) -> None:
 
 @app.command("ingest")
 @with_settings
-def ingest(settings: config.Settings) -> None:
+def ingest(settings: config.Settings,
+           allow_anonymous: Annotated[bool, typer.Option(
+               "--allow-anonymous", help="listen on a non-loopback address with no credential")] = False) -> None:
     """Run the HTTP ingest service: POST /webhooks/enablex or /webhooks/enablex/{token} -> the Avro event log."""
-    from streams.ingest.service import run
+    from streams.ingest.service import AnonymousRefused, run
 
-    raise typer.Exit(run(settings))
+    try:
+        code = run(settings, allow_anonymous=allow_anonymous)
+    except AnonymousRefused as exc:
+        fail(str(exc), code=2)
+    raise typer.Exit(code)
 
 
 @app.command("worker")

@@ -91,6 +91,38 @@ def _prefix(text: str) -> str:
     return text
 
 
+def _basic_auth(text: str) -> str:
+    """``user:password[,user:password...]``: each pair needs a user and a password (the value is never shown)."""
+    for i, pair in enumerate(text.split(","), 1):
+        user, colon, password = pair.strip().partition(":")
+        if not colon or not user or not password:
+            raise ValueError(f"pair {i} is not user:password (a user, a colon, a password; pairs separated by ',')")
+    return text
+
+
+def _addresses(text: str) -> str:
+    """A comma list of IP addresses or CIDR networks (``10.0.0.0/8,::1``)."""
+    import ipaddress
+
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return text
+
+
+def _app_ids(text: str) -> str:
+    if not [t for t in text.split(",") if t.strip()]:
+        raise ValueError("give at least one app_id, comma-separated")
+    return text
+
+
+def split_list(text: str | None) -> list[str]:
+    """The non-empty, stripped items of a comma list."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", lambda s: Path(s).expanduser(),
             "where the local broker, the spool and the embedded ClickHouse live (default ~/.enx-streams)"),
@@ -99,8 +131,12 @@ SETTINGS: tuple[Setting, ...] = (
             "chdb://<abs path> for the embedded engine (default <data dir>/clickhouse), "
             "http(s)://user:password@host:8123/enablex for a server", secret=True),
     Setting("transcode_sla_minutes", _positive_float, "minutes from session end to the composite file's deadline"),
-    Setting("ingest_token", str, "secret expected as /webhooks/enablex/{token}; unset = no token required",
+    Setting("ingest_token", str, "secret(s) accepted as /webhooks/enablex/{token}, comma-separated for rotation",
             secret=True),
+    Setting("ingest_basic_auth", _basic_auth, "HTTP Basic credentials accepted, user:password, comma-separated "
+            "for rotation (EnableX's \"HTTP Authentication\")", secret=True),
+    Setting("trusted_proxies", _addresses, "IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed"),
+    Setting("allowed_app_ids", _app_ids, "app_ids accepted, comma-separated; unset = all (others get 403)"),
     Setting("state_retention_days", _positive_float, "days a finished session stays in the state tables"),
     Setting("topic_prefix", _prefix, "prefix of the four contract topics"),
     Setting("partitions", _positive_int, "partitions of each contract topic (and so of each state table)"),
@@ -120,10 +156,13 @@ class Settings:
     clickhouse_dsn: Secret | None = None  # None: embedded chdb://<data_dir>/clickhouse
     transcode_sla_minutes: float = 45.0
     ingest_token: Secret | None = None
+    ingest_basic_auth: Secret | None = None
+    trusted_proxies: str | None = None
+    allowed_app_ids: str | None = None
     state_retention_days: float = 7.0
     topic_prefix: str = "enablex."
     partitions: int = 8
-    ingest_host: str = "0.0.0.0"
+    ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
     max_body_bytes: int = 1024 * 1024
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)

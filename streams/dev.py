@@ -171,13 +171,14 @@ class DevStack:
     def banner(self) -> str:
         data = self.settings.data_dir
         token = "/<ENX_INGEST_TOKEN>" if self.settings.ingest_token else ""
+        user = " -u '<user:password of ENX_INGEST_BASIC_AUTH>'" if self.settings.ingest_basic_auth and not token else ""
         body = ('{"type":"roomdrop","app_id":"demo-app","room_id":"demo-room","conf_num":"1001",'
                 f'"trans_date":{int(time.time())}}}')
         return "\n".join([
             "",
             "enx-streams dev is up.",
             f"  webhook URL:  {self.webhook_url}{token}",
-            f"  send a test event:\n    curl -s -X POST {self.webhook_url}{token} -H 'Content-Type: application/json' "
+            f"  send a test event:\n    curl -s{user} -X POST {self.webhook_url}{token} -H 'Content-Type: application/json' "
             f"-d '{body}'",
             f"  query it:\n    .venv/bin/enx-streams sql --data-dir {data} "
             "\"SELECT type, app_id, conf_num, received_at FROM enablex.webhook_events FINAL\"",

@@ -199,11 +199,23 @@ def parse_body(body: bytes) -> dict:
     return payload
 
 
-def normalise(body: bytes, received_at_ms: int, source: str | None = None) -> dict:
-    """A ``WebhookEvent`` record (schemas/avro/WebhookEvent.avsc) for ``body``, or raise :class:`Rejection`."""
+def check_app_id(app_id: str, allowed: frozenset[str] | None = None) -> None:
+    """An app_id with '/' would make ``{app_id}/{conf_num}`` ambiguous; one outside ``allowed`` is not ours."""
+    if "/" in app_id:
+        raise Rejection("bad_app_id", "'app_id' must not contain '/' (the session key is {app_id}/{conf_num})")
+    if allowed is not None and app_id not in allowed:
+        raise Rejection("app_id_not_allowed", f"app_id {app_id!r} is not in ENX_ALLOWED_APP_IDS")
+
+
+def normalise(body: bytes, received_at_ms: int, source: str | None = None,
+              allowed_app_ids: frozenset[str] | None = None) -> dict:
+    """A ``WebhookEvent`` record (schemas/avro/WebhookEvent.avsc) for ``body``, or raise :class:`Rejection`.
+
+    ``allowed_app_ids`` (None: all) rejects other projects' posts with the code ``app_id_not_allowed``."""
     payload = parse_body(body)
     event_type = _text(payload, "type", required=True)
     app_id = _text(payload, "app_id", required=True)
+    check_app_id(app_id, allowed_app_ids)
     conf_num = _text(payload, "conf_num", required=event_type in SESSION_TYPES)
     return {
         "event_id": event_id_of(payload),

@@ -2,7 +2,9 @@
 
 ``POST /webhooks/enablex`` and ``/webhooks/enablex/{token}``: 202 with the event id once the event is
 durable; 400 with a dead-letter id for a body that cannot be an EnableX event (its raw bytes kept on the
-dead-letter topic); 401 for a missing or wrong token (compared in constant time; nothing stored); 413 for
+dead-letter topic); 401 (``WWW-Authenticate: Basic``) for missing or wrong
+credentials, Basic or path token (streams/ingest/auth.py; nothing stored); 403 for an app_id outside
+ENX_ALLOWED_APP_IDS (dead-lettered); 413 for
 a body over the limit, decided from Content-Length or while reading, before the whole body is in memory.
 ``/healthz``, ``/readyz``, ``/metrics``. No access log: the token is part of the path.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import time
 import uuid
@@ -20,31 +21,25 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.avro import default_codec
-from streams.config import Settings
+from streams.config import Settings, split_list
 from streams.events import Rejection, normalise, session_key
+from streams.ingest.auth import (REALM, Credentials, authorised, is_loopback, kept_headers, source_address,
+                                 trusted_networks)
 from streams.ingest.metrics import IngestMetrics
 from streams.ingest.producer import DurableProducer
 
 log = logging.getLogger("streams.ingest")
-SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "x-enx-token"}
 CHUNK = 64 * 1024
 PRODUCER = web.AppKey("producer", DurableProducer)
 METRICS = web.AppKey("metrics", IngestMetrics)
 SETTINGS = web.AppKey("settings", Settings)
+CREDENTIALS = web.AppKey("credentials", Credentials)
+TRUSTED = web.AppKey("trusted_proxies", tuple)
+ALLOWED = web.AppKey("allowed_app_ids", object)
 
 
 class TooLarge(Exception):
     pass
-
-
-def safe_headers(headers: "web.BaseRequest.headers", token: str | None) -> dict[str, str]:
-    """Request headers without credentials or anything that contains the token."""
-    out = {}
-    for name, value in headers.items():
-        if name.lower() in SECRET_HEADERS or (token and token in value):
-            continue
-        out[name.lower()] = value
-    return out
 
 
 async def read_capped(request: web.Request, limit: int) -> bytes:
@@ -62,19 +57,12 @@ async def read_capped(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _authorised(settings: Settings, given: str | None) -> bool:
-    expected = settings.ingest_token.reveal() if settings.ingest_token else ""
-    if not expected:
-        return True
-    return hmac.compare_digest((given or "").encode(), expected.encode())
-
-
 async def webhook(request: web.Request) -> web.Response:
     settings, producer, metrics = request.app[SETTINGS], request.app[PRODUCER], request.app[METRICS]
-    if not _authorised(settings, request.match_info.get("token")):
+    creds = request.app[CREDENTIALS]
+    if not authorised(creds, request.headers.get("Authorization"), request.match_info.get("token")):
         metrics.rejected.labels("unauthorized").inc()
-        return web.json_response({"error": "missing or wrong token: post to /webhooks/enablex/{token}"},
-                                 status=401)
+        return web.json_response({"error": creds.what_to_send()}, status=401, headers={"WWW-Authenticate": REALM})
     try:
         body = await read_capped(request, settings.max_body_bytes)
     except TooLarge:
@@ -82,17 +70,17 @@ async def webhook(request: web.Request) -> web.Response:
         return web.json_response({"error": f"body over {settings.max_body_bytes} bytes"}, status=413,
                                  headers={"Connection": "close"})
     received_at = int(time.time() * 1000)
-    source = request.remote
+    source = source_address(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[TRUSTED])
     codec = default_codec()
     try:
-        event = normalise(body, received_at, source)
+        event = normalise(body, received_at, source, allowed_app_ids=request.app[ALLOWED])
     except Rejection as rejection:
-        token = settings.ingest_token.reveal() if settings.ingest_token else None
         letter = {"id": uuid.uuid4().hex, "received_at": received_at, "reason": rejection.reason, "raw": body,
-                  "headers": safe_headers(request.headers, token), "source": source}
+                  "headers": kept_headers(request.headers, source), "source": source}
         await producer.deliver(settings.topic("deadletter"), None, codec.encode("DeadLetter", letter))
         metrics.rejected.labels(rejection.code).inc()
-        return web.json_response({"error": rejection.reason, "deadletter_id": letter["id"]}, status=400)
+        return web.json_response({"error": rejection.reason, "deadletter_id": letter["id"]},
+                                 status=403 if rejection.code == "app_id_not_allowed" else 400)
     value = codec.encode("WebhookEvent", event)
     await producer.deliver(settings.topic("webhooks"), session_key(event).encode(), value)
     metrics.accepted.labels(metrics.type_label(event["type"])).inc()
@@ -135,6 +123,9 @@ async def _provision_until_done(settings: Settings) -> None:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
+    app[CREDENTIALS] = Credentials.of(settings)
+    app[TRUSTED] = trusted_networks(settings)
+    app[ALLOWED] = frozenset(split_list(settings.allowed_app_ids)) or None
     app[METRICS] = IngestMetrics()
     app[PRODUCER] = DurableProducer(settings.kafka_bootstrap, settings.data_dir / "spool", app[METRICS])
     app.router.add_post("/webhooks/enablex", webhook)
@@ -158,8 +149,23 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def run(settings: Settings) -> int:
+class AnonymousRefused(RuntimeError):
+    """Ingest would listen beyond this machine with no credential configured."""
+
+
+def check_exposure(settings: Settings, allow_anonymous: bool) -> None:
+    """Refuse a non-loopback address without any credential, unless anonymous posting is asked for."""
+    if allow_anonymous or is_loopback(settings.ingest_host) or not Credentials.of(settings).anonymous:
+        return
+    raise AnonymousRefused(
+        f"ingest would listen on {settings.ingest_host} with no credential, so anyone who reaches it could post; "
+        "set ENX_INGEST_BASIC_AUTH (user:password, what EnableX's HTTP Authentication sends) or ENX_INGEST_TOKEN, "
+        "bind to 127.0.0.1 (ENX_INGEST_HOST), or pass --allow-anonymous")
+
+
+def run(settings: Settings, allow_anonymous: bool = False) -> int:
     """Serve until SIGTERM/SIGINT: stop accepting, finish what is in flight, hand the spool on, exit 0."""
+    check_exposure(settings, allow_anonymous)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     log.info("ingest on http://%s:%d/webhooks/enablex (Kafka %s, settings %s)", settings.ingest_host,
              settings.ingest_port, settings.kafka_bootstrap, settings.describe())

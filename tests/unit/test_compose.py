@@ -54,3 +54,9 @@ def test_grafana_mounts_existing_dashboard_folders() -> None:
     for volume in SERVICES["grafana"]["volumes"]:
         host = volume.split(":")[0]
         assert (ROOT / host).is_dir(), host
+
+
+def test_ingest_listens_on_all_addresses_with_credentials() -> None:
+    env = SERVICES["ingest"]["environment"]
+    assert env["ENX_INGEST_HOST"] == "0.0.0.0"
+    assert env["ENX_INGEST_BASIC_AUTH"].startswith("${ENX_INGEST_BASIC_AUTH:?")  # required: no anonymous default

@@ -503,7 +503,8 @@ def payloads(draw: st.DrawFn) -> dict:
     """A valid EnableX payload of either documented shape (or of a type EnableX may add later)."""
     event_type = draw(st.sampled_from(["roomdrop", "recording", "transcoded", "file-transfer", "chatdata",
                                        "room-live-recording-on"]))
-    payload: dict[str, Any] = {"type": event_type, "app_id": draw(ids), "conf_num": draw(ids)}
+    app_id = draw(ids.filter(lambda a: "/" not in str(a)))  # an app_id with '/' is rejected (below)
+    payload: dict[str, Any] = {"type": event_type, "app_id": app_id, "conf_num": draw(ids)}
     payload.update(draw(st.fixed_dictionaries({}, optional={
         "room_id": ids, "trans_date": trans_dates, "recording": file_lists, "transcoded": file_lists,
         "chatdata": file_lists, "files": file_lists, "stage": stages, "file_size": sizes,
@@ -626,3 +627,20 @@ def test_normalise_returns_a_record_or_raises_rejection_nothing_else(body: bytes
     assert set(event) == RECORD_FIELDS
     codec = default_codec()
     assert codec.decode(codec.encode("WebhookEvent", event)) == event
+
+
+@pytest.mark.parametrize("app_id", ["a/b", "/", "app/"])
+def test_app_id_with_a_slash_is_rejected(app_id: str) -> None:
+    body = json.dumps({"type": "roomdrop", "app_id": app_id, "conf_num": "1"}).encode()
+    with pytest.raises(Rejection) as caught:
+        normalise(body, RECEIVED)
+    assert caught.value.code == "bad_app_id"
+
+
+def test_allowed_app_ids() -> None:
+    body = json.dumps({"type": "roomdrop", "app_id": "theirs", "conf_num": "1"}).encode()
+    with pytest.raises(Rejection) as caught:
+        normalise(body, RECEIVED, allowed_app_ids=frozenset({"ours"}))
+    assert caught.value.code == "app_id_not_allowed"
+    assert normalise(body, RECEIVED, allowed_app_ids=frozenset({"ours", "theirs"}))["app_id"] == "theirs"
+    assert normalise(body, RECEIVED)["app_id"] == "theirs"
