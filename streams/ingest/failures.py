@@ -1,0 +1,36 @@
+"""Which Kafka errors are the failure of one record, and which mean "Kafka is away".
+
+A record too large, an invalid or corrupt record, a refused authorisation or a topic that does not exist
+will fail again however often it is retried, so spooling it "until Kafka is back" would jam every record
+behind it. Everything else (timeouts, connection errors, leader elections) is an outage: the record goes
+to the spool and is retried. Pure: it looks only at the exception's type.
+"""
+
+from __future__ import annotations
+
+from aiokafka import errors
+
+# Each: the error type and the reason named in the client's answer, the dead letter and the log.
+PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
+    (errors.MessageSizeTooLargeError, "record_too_large"),
+    (errors.RecordTooLargeError, "record_too_large"),
+    (errors.RecordListTooLargeError, "record_too_large"),
+    (errors.CorruptRecordException, "invalid_record"),
+    (errors.UnsupportedForMessageFormatError, "invalid_record"),
+    (errors.InvalidTopicError, "invalid_topic"),
+    (errors.TopicAuthorizationFailedError, "not_authorised"),
+    (errors.ClusterAuthorizationFailedError, "not_authorised"),
+    (errors.TransactionalIdAuthorizationFailed, "not_authorised"),
+    (errors.UnknownTopicOrPartitionError, "unknown_topic"),
+)
+
+
+def permanent(exc: BaseException) -> str | None:
+    """The reason this record can never be delivered, or None if the error is an outage worth retrying.
+
+    ``UnknownTopicOrPartitionError`` counts as permanent: provisioning creates every topic before ingest
+    starts, so a missing topic is a misconfiguration that no retry fixes."""
+    for kind, reason in PERMANENT:
+        if isinstance(exc, kind):
+            return reason
+    return None
