@@ -28,6 +28,7 @@ CONTRACT_CONFIGS: Mapping[str, Mapping[str, str]] = {
     "deadletter": KEPT_FOREVER,
     "sessions": COMPACTED,
     "alerts": KEPT_FOREVER,
+    "reconcile": KEPT_FOREVER,
 }
 
 TOPIC_ALREADY_EXISTS = 36
@@ -49,7 +50,7 @@ class TopicSpec:
 def contract_topics(settings: Settings) -> list[TopicSpec]:
     """The four topics this deployment needs, with their contract configuration."""
     return [TopicSpec(settings.topic(short), settings.partitions, dict(configs),
-                      partitions_must_match=(short == "webhooks"))
+                      partitions_must_match=(short in ("webhooks", "reconcile")))
             for short, configs in CONTRACT_CONFIGS.items()]
 
 

@@ -6,8 +6,10 @@
   (``file-transfer``) and ``chat`` (``chatdata``). A session's state is the combination of its parts
   (rules.combine). A worker killed with SIGKILL loses nothing: the next owner of a partition restores
   the tables from the changelogs and re-processes what was not committed (merging is idempotent).
-- One agent consumes the webhook log and the processor's command topic (same partition count, same keys,
-  so a session's events and commands reach the worker that owns its table partitions). It is the only
+- One agent consumes the webhook log, the reconciler's findings (``<prefix>reconcile.v1``: what EnableX's
+  Server API holds that no webhook brought, kept in the ``reconciled`` table, rules.on_finding) and the
+  processor's command topic (same partition count, same keys, so a session's events, findings and commands
+  reach the worker that owns its table partitions; a rebuild replays the findings with the log). It is the only
   writer of the tables, event by event, and writes them through output.py, never ``table[key] = ...``:
   faust's own table write sends the changelog record through its producer buffer, ahead of the
   snapshot, which would break the order at-least-once needs. faust's consumer hands it the records
@@ -160,7 +162,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     )
     # faust's consumer, handing the agent's records straight to it (drain.py)
     inbox = drain.Inbox(INBOX_RECORDS)
-    drain.install(app, {log_topic: inbox, command_topic(settings): inbox})
+    reconcile_topic = settings.topic("reconcile")
+    drain.install(app, {log_topic: inbox, command_topic(settings): inbox, reconcile_topic: inbox})
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
     sessions_topic, alerts_topic = settings.topic("sessions"), settings.topic("alerts")
     tables = {name: app.Table(name, default=None, partitions=settings.partitions,
@@ -321,9 +324,34 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                 acked_index.add(offset)
                 acked.append(offset)
 
+    async def on_finding(tp: TP, offset: int, key: bytes | None, value: bytes) -> None:
+        """A finding of the reconciler (what EnableX's Server API holds that no webhook brought), judged like a
+        webhook of its missing type and kept apart from the webhooks' parts (rules.on_finding)."""
+        try:
+            finding = codec.decode(value, "ReconcileFinding")
+        except Exception as exc:  # noqa: BLE001 - as for the log: a record we cannot read must not stop it
+            log.warning("skipping an undecodable record at %s[%d] offset %d: %s", tp.topic, tp.partition, offset, exc)
+            return
+        if not key:
+            return
+        try:
+            name = key.decode()
+            change = rules.on_finding(parts_of(name), finding, sla_s)
+            alerts = rendered(change)
+        except Exception as exc:  # noqa: BLE001 - pure, as for a webhook
+            await reject(tp, offset, key, orjson.dumps(finding), exc,
+                         "It stays on the reconcile topic: once the cause is fixed, `enx-streams rebuild` processes "
+                         "it again")
+        rejects.passed()
+        apply(name, key, tp.partition, change, alerts)
+
     async def handle(message: Message) -> None:
-        """One record of the agent's topics: a webhook of the log, or a command of the SLA watch."""
+        """One record of the agent's topics: a webhook of the log, a finding of the reconciler, or a command of
+        the SLA watch."""
         tp, key = message.tp, message.key
+        if tp.topic == reconcile_topic:
+            await on_finding(tp, message.offset, key, message.value)
+            return
         if tp.topic == log_topic:
             partition = tp.partition
             partition_heard[partition] = time.monotonic()
@@ -358,7 +386,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             log.info("session %s left the tables after its retention", name)
         apply(name, key, tp.partition, change, alerts)
 
-    @app.agent(app.topic(log_topic, command_topic(settings), **RAW))
+    @app.agent(app.topic(log_topic, command_topic(settings), reconcile_topic, **RAW))
     async def process(stream: faust.Stream) -> None:
         """Handles the records of the log and the command topic in the order faust's consumer fetched them,
         and acks each once handled. The agent subscribes faust to the topics (their partitions are assigned

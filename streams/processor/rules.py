@@ -76,10 +76,18 @@ STALLED, RECOVERED = "transcode_stalled", "transcode_recovered"
 SLA_STATES = ("not_applicable", "pending", "met", "breached", "recovered")
 
 # One faust table per stage; the stall lives with the composite's facts.
-TABLES = ("session_end", "recording", "transcoded", "delivered", "chat")
+TABLES = ("session_end", "recording", "transcoded", "delivered", "chat", "reconciled")
 TABLE_OF_TYPE = {"roomdrop": "session_end", "recording": "recording", "transcoded": "transcoded",
                  "file-transfer": "delivered", "chatdata": "chat"}
 STALL_TABLE = "transcoded"
+# What reconciliation found (ReconcileFinding records, as events: :func:`finding_event`): kept apart from the
+# webhooks' parts, so a webhook of the same type, whenever it comes, takes the finding's place (:func:`overlay`).
+RECONCILED_TABLE = "reconciled"
+RECONCILABLE = {"roomdrop": "ended_at", "recording": "recording_at", "transcoded": "transcoded_at",
+                "chatdata": "chat_at"}
+COUNT_OF_STAGE = {"recording_at": "recording_files", "transcoded_at": "transcoded_files", "chat_at": "chat_files"}
+KIND_OF_FOUND = {"recording": "recording", "transcoded": "transcoded", "chatdata": "chatdata"}
+WEBHOOK_MISSING = "webhook_missing"
 
 STAGES = ("ended_at", "recording_at", "transcoded_at", "delivered_at", "chat_at")
 COUNTS = ("recording_files", "transcoded_files", "delivered_files", "chat_files")
@@ -209,12 +217,13 @@ def derive(base: Mapping[str, Any], sla_seconds: float) -> State:
         "delivery_latency_s": (delivered - ended) / 1000.0 if ended_known and delivered is not None else None,
         "chat_latency_s": (chat - ended) / 1000.0 if ended_known and chat is not None else None,
         "sla_deadline": deadline, "sla_state": state, "stalled_at": stalled, "last_event_at": base["last_event_at"],
+        "reconciled": base.get("reconciled") or [],
     }
 
 
 STATE_FIELDS = ("app_id", "conf_num", "room_id", "version", "event_ids", *STAGES, *COUNTS,
                 "recording_latency_s", "transcode_latency_s", "delivery_latency_s", "chat_latency_s",
-                "sla_deadline", "sla_state", "stalled_at", "last_event_at")
+                "sla_deadline", "sla_state", "stalled_at", "last_event_at", "reconciled")
 
 
 def merge(state: State | None, event: Event, sla_seconds: float) -> State:
@@ -236,8 +245,53 @@ def joined(parts: Iterable[Base | None]) -> Base | None:
 
 def combine(parts: Mapping[str, Base | None] | Iterable[Base | None], sla_seconds: float) -> State | None:
     """The session's state from its parts (one per table), or None when it has none."""
-    total = joined(parts.values() if isinstance(parts, Mapping) else parts)
+    total = session_base(parts) if isinstance(parts, Mapping) else joined(parts)
     return None if total is None else derive(total, sla_seconds)
+
+
+# -- reconciliation: what EnableX's Server API holds that no webhook brought ---------------------------
+
+def finding_event(finding: Mapping[str, Any]) -> Event:
+    """A ReconcileFinding (schemas/avro/ReconcileFinding.avsc) as an event of its missing type: its id is the
+    finding's (deterministic: the same finding twice is a repeat), received when it was found, at the time
+    EnableX gives for it, with the archive's URLs as its files. It goes to :data:`RECONCILED_TABLE` only."""
+    kind = KIND_OF_FOUND.get(finding["missing_type"])
+    return {"event_id": finding["finding_id"], "received_at": finding["found_at"], "type": finding["missing_type"],
+            "app_id": finding["app_id"], "room_id": finding.get("room_id"), "conf_num": finding["conf_num"],
+            "trans_date": finding.get("trans_date"),
+            "files": [{"kind": kind, "url": u, "stage": None, "size_bytes": None}
+                      for u in (finding.get("urls") or ())] if kind is not None else []}
+
+
+def overlay(real: Base | None, found: Base | None) -> Base | None:
+    """The webhooks' facts with reconciliation's filling what no webhook brought. Pure and order-free: a
+    stage known from a webhook keeps the webhook's time and file count whatever was found; a stage known
+    only from a finding takes the finding's, and its event type is listed in ``reconciled``. The finding ids
+    stay among the event ids (the version grows with each finding, and again when a webhook replaces one)."""
+    if found is None:
+        return real
+    out = dict(real) if real is not None else empty_base(found["app_id"], found["conf_num"])
+    taken = []
+    for type_, stage in RECONCILABLE.items():
+        if out[stage] is None and found[stage] is not None:
+            out[stage] = found[stage]
+            count = COUNT_OF_STAGE.get(stage)
+            if count is not None:
+                out[count] = out[count] + found[count]
+            taken.append(type_)
+    out["event_ids"] = sorted({*out["event_ids"], *found["event_ids"]})
+    out["room_id"] = _min(out["room_id"], found["room_id"])
+    out["last_event_at"] = max(out["last_event_at"], found["last_event_at"])
+    out["reconciled"] = taken
+    return out
+
+
+def session_base(parts: Mapping[str, Base | None]) -> Base | None:
+    """The base facts of a session from its parts by table: the webhooks' parts joined, then what
+    reconciliation found overlaid (:func:`overlay`)."""
+    found = parts.get(RECONCILED_TABLE)
+    real = joined(p for t, p in parts.items() if t != RECONCILED_TABLE)
+    return real if found is None else overlay(real, found)
 
 
 # -- the SLA verdict ---------------------------------------------------------------------------------
@@ -282,13 +336,14 @@ def alerts_for(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
     was_stalled = before is not None and before["stalled_at"] is not None
     if after["stalled_at"] is not None and not was_stalled:
         out.append({"alert_id": alert_id(key, STALLED), "kind": STALLED, "detected_at": now_ms,
-                    "overdue_s": None, **common})
+                    "overdue_s": None, **common, "cause": None})
     was_recovered = was_stalled and before is not None and before["transcoded_at"] is not None
     if after["stalled_at"] is not None and after["transcoded_at"] is not None and not was_recovered:
         deadline = after["sla_deadline"] if after["sla_deadline"] is not None else after["stalled_at"]
         overdue = max(0, after["transcoded_at"] - deadline) / 1000.0
+        cause = WEBHOOK_MISSING if "transcoded" in (after.get("reconciled") or ()) else None
         out.append({"alert_id": alert_id(key, RECOVERED), "kind": RECOVERED, "detected_at": now_ms,
-                    "overdue_s": overdue, **common})
+                    "overdue_s": overdue, **common, "cause": cause})
     return out
 
 
@@ -360,13 +415,16 @@ class Transition:
         return self.after != self.before
 
 
-def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float) -> Transition:
-    """A webhook of the session: :func:`step`, on the session's parts.
+def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float, *,
+             table: str | None = None) -> Transition:
+    """A webhook of the session (or, with ``table=RECONCILED_TABLE``, a finding: :func:`on_finding`):
+    :func:`step`, on the session's parts.
 
     The parts are combined once, into the state before. The state after is that state with the event
     absorbed: event ids never overlap across tables, so absorbing into the whole equals absorbing into
-    the event's own part and combining again (the property tests hold the two together)."""
-    base = joined(parts.values())
+    the event's own part and combining again (the property tests hold the two together). With findings in
+    the session the parts are combined again instead (:func:`overlay` is not a union)."""
+    base = session_base(parts)
     before = None if base is None else derive(base, sla_seconds)
     writes: dict[str, Base | None] = {}
     stalled, alerts, now = before, [], event["received_at"]
@@ -376,14 +434,25 @@ def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float)
         base = {**base, "stalled_at": deadline}  # type: ignore[dict-item]
         stalled = derive(base, sla_seconds)
         alerts = alerts_for(before, stalled, now)
-    table = table_of(event["type"])
+    table = table or table_of(event["type"])
     current = writes.get(table, parts.get(table))
     merged = absorb(current, event)
     if merged == current:  # a repeat: nothing new (a stall recorded just now is written all the same)
         return Transition(writes, before, stalled, alerts)
     writes[table] = merged
-    after = derive(merged if base is None else absorb(base, event), sla_seconds)
+    if table != RECONCILED_TABLE and parts.get(RECONCILED_TABLE) is None:
+        after = derive(merged if base is None else absorb(base, event), sla_seconds)
+    else:
+        after = derive(session_base({**parts, **writes}), sla_seconds)  # type: ignore[arg-type]
     return Transition(writes, before, after, alerts + alerts_for(stalled, after, now))
+
+
+def on_finding(parts: Mapping[str, Base | None], finding: Mapping[str, Any], sla_seconds: float) -> Transition:
+    """A ReconcileFinding of the session, judged like a webhook of its missing type (:func:`finding_event`)
+    and kept in :data:`RECONCILED_TABLE`: an archived composite on time makes the session ``met`` however
+    late it was found; one found after a page closes it with a ``transcode_recovered`` whose cause is
+    ``webhook_missing``; a session known only from the archive or the CDR is watched from then on."""
+    return on_event(parts, finding_event(finding), sla_seconds, table=RECONCILED_TABLE)
 
 
 def on_command(parts: Mapping[str, Base | None], op: str, now_ms: int, sla_seconds: float,

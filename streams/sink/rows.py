@@ -26,8 +26,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "sessions": ("app_id", "conf_num", "room_id", "version", "ended_at", "recording_at", "transcoded_at",
                  "delivered_at", "chat_at", "recording_files", "transcoded_files", "delivered_files",
                  "chat_files", "recording_latency_s", "transcode_latency_s", "delivery_latency_s",
-                 "chat_latency_s", "sla_deadline", "sla_state", "stalled_at", "last_event_at"),
-    "sla_alerts": ("alert_id", "kind", "app_id", "conf_num", "room_id", "deadline", "detected_at", "overdue_s"),
+                 "chat_latency_s", "sla_deadline", "sla_state", "stalled_at", "last_event_at", "reconciled"),
+    "sla_alerts": ("alert_id", "kind", "app_id", "conf_num", "room_id", "deadline", "detected_at", "overdue_s",
+                   "cause"),
     "dead_letters": ("id", "received_at", "reason", "reason_code", "raw", "source", "headers"),
 }
 
@@ -148,6 +149,7 @@ def session_row(state: Mapping[str, Any]) -> Row:
             "sla_state": state["sla_state"],
             "stalled_at": datetime_or_none(state.get("stalled_at")),
             "last_event_at": datetime_required(state["last_event_at"]),
+            "reconciled": [str(t) for t in state.get("reconciled") or ()],
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise UnprojectableRecord(f"SessionState without a usable {exc}") from exc
@@ -165,6 +167,7 @@ def alert_row(alert: Mapping[str, Any]) -> Row:
             "deadline": datetime_required(alert["deadline"]),
             "detected_at": datetime_required(alert["detected_at"]),
             "overdue_s": alert.get("overdue_s"),
+            "cause": alert.get("cause"),
         }
     except (KeyError, TypeError) as exc:
         raise UnprojectableRecord(f"SlaAlert without a usable {exc}") from exc

@@ -14,7 +14,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from streams.avro import MAGIC, SCHEMA_DIR, AvroError, Codec, default_codec, fingerprint_of
 
-CONTRACT = ["DeadLetter", "SessionState", "SlaAlert", "WebhookEvent"]
+CONTRACT = ["DeadLetter", "ReconcileFinding", "SessionState", "SlaAlert", "WebhookEvent"]
 
 # --- CRC-64-AVRO written out from the Avro specification, independently of fastavro and streams.avro ---
 EMPTY64 = 0xC15D213AA4D7A795
@@ -75,10 +75,15 @@ RECORDS = {
                      "delivered_files": 0, "chat_files": 1, "recording_latency_s": 240.0,
                      "transcode_latency_s": None, "delivery_latency_s": None, "chat_latency_s": 90.5,
                      "sla_deadline": 1_764_002_700_000, "sla_state": "pending", "stalled_at": None,
-                     "last_event_at": 1_764_000_240_123},
+                     "last_event_at": 1_764_000_240_123, "reconciled": ["roomdrop"]},
     "SlaAlert": {"alert_id": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b", "kind": "transcode_recovered", "app_id": "66c1f0a2b3",
                  "conf_num": "2342", "room_id": "66c1f0a2b3c4d5e6f7a8b9c0", "deadline": 1_764_002_700_000,
-                 "detected_at": 1_764_003_000_000, "overdue_s": 300.0},
+                 "detected_at": 1_764_003_000_000, "overdue_s": 0.0, "cause": "webhook_missing"},
+    "ReconcileFinding": {"finding_id": "5d41402abc4b2a76b9719d911017c592", "kind": "webhook_missing",
+                         "app_id": "66c1f0a2b3", "conf_num": "2342", "room_id": "66c1f0a2b3c4d5e6f7a8b9c0",
+                         "missing_type": "transcoded", "source": "archive", "trans_date": 1_764_001_500_000,
+                         "urls": ["https://files.enablex.io/66c1/2342/composite-1.mp4"],
+                         "archive_id": "5f1a2b3c4d5e6f7a8b9c0d1e", "found_at": 1_764_003_000_000},
 }
 
 

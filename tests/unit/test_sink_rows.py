@@ -129,6 +129,7 @@ def test_session_row():
     assert row["transcode_latency_s"] == 600.0 and row["delivery_latency_s"] is None
     assert row["last_event_at"] == R.datetime_or_none(T0 + 601_000)
     assert "event_ids" not in row
+    assert row["reconciled"] == []
 
 
 def test_session_row_clamps_counts():
@@ -143,7 +144,9 @@ def test_alert_row():
     assert set(row) == set(R.COLUMNS["sla_alerts"])
     assert row == {"alert_id": "al1", "kind": "transcode_recovered", "app_id": "app", "conf_num": "42",
                    "room_id": None, "deadline": R.datetime_or_none(T0),
-                   "detected_at": R.datetime_or_none(T0 + 90_000), "overdue_s": 90.0}
+                   "detected_at": R.datetime_or_none(T0 + 90_000), "overdue_s": 90.0, "cause": None}
+    found = R.alert_row(avro_roundtrip("SlaAlert", {**alert, "overdue_s": 0.0, "cause": "webhook_missing"}))
+    assert found["cause"] == "webhook_missing"
 
 
 def test_dead_letter_row_keeps_raw_bytes_and_reason_code():
