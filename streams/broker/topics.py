@@ -1,4 +1,4 @@
-"""Provisioning of the four contract topics, run by every role at startup.
+"""Provisioning of the contract topics, run by every role at startup.
 
 The contract (design.md, "Kafka topics") fixes what each topic keeps: the webhook log, dead letters and
 alerts are kept forever (``retention.ms=-1``), the session snapshots are compacted. Provisioning is
@@ -48,7 +48,7 @@ class TopicSpec:
 
 
 def contract_topics(settings: Settings) -> list[TopicSpec]:
-    """The four topics this deployment needs, with their contract configuration."""
+    """The topics this deployment needs, with their contract configuration."""
     return [TopicSpec(settings.topic(short), settings.partitions, dict(configs),
                       partitions_must_match=(short in ("webhooks", "reconcile")))
             for short, configs in CONTRACT_CONFIGS.items()]

@@ -63,9 +63,11 @@ def test_step_by_step_forwards(client):
     assert scalar(client, "SELECT count() FROM enablex.error_codes") == 0
     assert migrations.apply(client, target=3) == ["003_dashboard_aggregates"]
     assert VIEWS <= tables(client)
-    assert migrations.apply(client) == ["004_error_codes"]
+    assert migrations.apply(client, target=4) == ["004_error_codes"]
+    later = [m.label for m in migrations.discover() if m.version > 4]
+    assert migrations.apply(client) == later
     assert migrations.apply(client) == []
-    assert migrations.applied_versions(client) == {1, 2, 3, 4}
+    assert migrations.applied_versions(client) == {m.version for m in migrations.discover()}
 
 
 def test_every_statement_is_idempotent_on_its_own(client):
@@ -122,7 +124,7 @@ def test_duplicates_collapse_under_final_and_views_aggregate(client):
 def test_migrate_command_applies_then_reports_up_to_date(settings):
     said: list[str] = []
     assert migrations.run_cli(settings, said.append) == 0
-    assert any("applied 4 migration(s)" in line for line in said)
+    assert any(f"applied {len(migrations.discover())} migration(s)" in line for line in said)
     said.clear()
     assert migrations.run_cli(settings, said.append) == 0
     assert said == [f"{settings_path(settings)} is up to date: no migration to apply"]
@@ -144,3 +146,12 @@ def test_split_statements():
     text = "-- a comment;\nCREATE TABLE a\n(x UInt8);\n\nINSERT INTO a VALUES ('a;b');\nSELECT 1"
     assert migrations.split_statements(text) == ["CREATE TABLE a\n(x UInt8)", "INSERT INTO a VALUES ('a;b')",
                                                  "SELECT 1"]
+
+
+def test_what_came_from_reconciliation_is_marked_in_sessions_and_alerts(client):
+    migrations.apply(client)
+    columns = {(t, c): ty for t, c, ty in client.query(
+        "SELECT table, name, type FROM system.columns WHERE database = 'enablex' "
+        "AND table IN ('sessions', 'sla_alerts')").result_rows}
+    assert columns[("sessions", "reconciled")] == "Array(LowCardinality(String))"
+    assert columns[("sla_alerts", "cause")] == "LowCardinality(Nullable(String))"
