@@ -1,4 +1,4 @@
-"""Provisioning of the four contract topics, run by every role at startup.
+"""Provisioning of the five contract topics, run by every role at startup.
 
 The contract (design.md, "Kafka topics") fixes what each topic keeps: the webhook log, dead letters and
 alerts are kept forever (``retention.ms=-1``), the session snapshots are compacted. Provisioning is
@@ -28,7 +28,11 @@ CONTRACT_CONFIGS: Mapping[str, Mapping[str, str]] = {
     "deadletter": KEPT_FOREVER,
     "sessions": COMPACTED,
     "alerts": KEPT_FOREVER,
+    "reconcile": KEPT_FOREVER,  # the reconciler's findings; the processor consumes them beside the log
 }
+
+# Topics the processor's state tables are fed from: their partition count must be the deployment's.
+CO_PARTITIONED = frozenset({"webhooks", "reconcile"})
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -47,9 +51,9 @@ class TopicSpec:
 
 
 def contract_topics(settings: Settings) -> list[TopicSpec]:
-    """The four topics this deployment needs, with their contract configuration."""
+    """The contract topics this deployment needs, with their configuration."""
     return [TopicSpec(settings.topic(short), settings.partitions, dict(configs),
-                      partitions_must_match=(short == "webhooks"))
+                      partitions_must_match=(short in CO_PARTITIONED))
             for short, configs in CONTRACT_CONFIGS.items()]
 
 

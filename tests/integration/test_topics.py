@@ -18,14 +18,14 @@ def _settings(bootstrap: str, partitions: int = 3) -> config.Settings:
                            partitions=partitions)
 
 
-def test_creates_the_four_contract_topics_with_their_configs(bootstrap: str) -> None:
+def test_creates_the_five_contract_topics_with_their_configs(bootstrap: str) -> None:
     settings = _settings(bootstrap)
     report = asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
-    names = [settings.topic(n) for n in ("webhooks", "deadletter", "sessions", "alerts")]
+    names = [settings.topic(n) for n in ("webhooks", "deadletter", "sessions", "alerts", "reconcile")]
     assert [line.split()[:2] for line in report] == [["created", n] for n in names]
 
     configs = asyncio.run(describe_topic_configs(bootstrap, names))
-    for short in ("webhooks", "deadletter", "alerts"):
+    for short in ("webhooks", "deadletter", "alerts", "reconcile"):
         assert configs[settings.topic(short)]["retention.ms"] == "-1"
         assert configs[settings.topic(short)]["cleanup.policy"] == "delete"
     assert configs[settings.topic("sessions")]["cleanup.policy"] == "compact"
@@ -45,7 +45,7 @@ def test_is_idempotent(bootstrap: str) -> None:
     settings = _settings(bootstrap)
     asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
     again = asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
-    assert all(line.startswith("checked ") for line in again) and len(again) == 4
+    assert all(line.startswith("checked ") for line in again) and len(again) == 5
 
 
 def test_contradicting_topic_is_reported_not_used(bootstrap: str) -> None:
@@ -61,5 +61,8 @@ def test_contradicting_topic_is_reported_not_used(bootstrap: str) -> None:
 def test_partition_count_of_the_event_log_must_match(bootstrap: str) -> None:
     settings = _settings(bootstrap, partitions=2)
     asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
-    with pytest.raises(TopicConflict, match="has 2 partitions, the deployment expects 4"):
+    with pytest.raises(TopicConflict, match="has 2 partitions, the deployment expects 4") as err:
         asyncio.run(ensure_topics(bootstrap, contract_topics(settings.with_overrides(partitions=4))))
+    # the processor consumes the reconciler's findings beside the log: co-partitioned too
+    assert f"{settings.topic('reconcile')} has 2 partitions" in str(err.value)
+    assert f"{settings.topic('alerts')} has" not in str(err.value)
