@@ -296,3 +296,41 @@ def test_the_cli_says_what_is_wrong(settings: Settings, api: FakeEnableX) -> Non
     assert bad.returncode == 1 and "result 1001, error 'Invalid App ID'" in bad.stderr
     date = cli(settings, "--since", "May 1", ENX_ENABLEX_APP_ID=APP, ENX_ENABLEX_APP_KEY="the-app-key")
     assert date.returncode == 2 and "give YYYY-MM-DD" in date.stderr
+
+
+def test_the_worker_role_refuses_without_credentials(settings: Settings) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ENX_")}
+    environ.update({"ENX_DATA_DIR": str(settings.data_dir), "ENX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap})
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--roles", "sink,reconciler"], cwd=ROOT,
+                          env=environ, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "reconciler role needs" in done.stderr and "ENX_ENABLEX_APP_KEY" in done.stderr
+
+
+def test_the_worker_role_reconciles_beside_the_sink(settings: Settings, api: FakeEnableX) -> None:
+    """``worker --roles sink,reconciler``: the pass asks ClickHouse through the sink of its own process."""
+    from streams.children import child_env
+
+    log_path = settings.data_dir / "worker.log"
+    env = child_env(settings.with_overrides(reconcile_interval_s="1", reconcile_grace_s="1"))
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", "sink,reconciler"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        async def findings() -> list[dict]:
+            try:
+                found = await rows(settings, "SELECT kind, conf_num, missing_type FROM enablex.reconcile_findings "
+                                             "FINAL ORDER BY conf_num, missing_type")
+            except Exception:  # noqa: BLE001 - the worker is still starting
+                return []
+            return found if len(found) >= 9 else []
+
+        # today's wall clock: every fixture is days old, and the log is empty: everything is a finding
+        found = asyncio.run(until("findings of the worker's reconciler", findings, timeout_s=120))
+        assert {(r["conf_num"], r["missing_type"]): r["kind"] for r in found if r["missing_type"] == "roomdrop"} \
+            == {c: "session_unknown" for c in [("both", "roomdrop"), ("lost-roomdrop", "roomdrop"),
+                                                ("unknown", "roomdrop")]}
+        assert len(found) == 12  # 3 conferences + 3 archive entries x 3 files
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    assert "the-app-key" not in log_path.read_text()
