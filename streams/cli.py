@@ -170,8 +170,8 @@ def ingest(settings: config.Settings,
 @app.command("worker")
 @with_settings
 def worker(settings: config.Settings,
-           roles: Annotated[str, typer.Option(help="comma-separated: processor, sink")] = "processor,sink") -> None:
-    """Run a worker: the processor (state tables, SLA watch) and/or the ClickHouse sink."""
+           roles: Annotated[str, typer.Option(help="comma-separated: processor, sink, reconciler")] = "processor,sink") -> None:
+    """Run a worker: the processor (state tables, SLA watch), the ClickHouse sink and/or the reconciler."""
     from streams.worker import parse_roles, run
 
     try:
@@ -245,6 +245,42 @@ def rebuild(settings: config.Settings,
     from streams.rebuild import run
 
     raise typer.Exit(run(settings, echo=typer.echo, processors=processors))
+
+
+def _day(value: str | None, flag: str):
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        fail(f"{flag} {value!r} is not a date: give YYYY-MM-DD (UTC)", code=2)
+
+
+@app.command("reconcile")
+@with_settings
+def reconcile(settings: config.Settings,
+              since: Annotated[Optional[str], typer.Option(
+                  "--since", help="first day to read, YYYY-MM-DD UTC [default: the cursor's day]")] = None,
+              until: Annotated[Optional[str], typer.Option(
+                  "--until", help="last day to read, YYYY-MM-DD UTC [default: today]")] = None,
+              room: Annotated[Optional[str], typer.Option(
+                  "--room", help="read only this room_id")] = None) -> None:
+    """One reconciliation pass: what EnableX's Server API holds that no webhook brought -> enablex.reconcile.v1."""
+    from streams.reconcile.client import EnableXError
+    from streams.reconcile.cursor import CursorError
+    from streams.reconcile.run import ReconcileError, run_once
+    from streams.sink.query import QueryError
+
+    first, last = _day(since, "--since"), _day(until, "--until")
+    if not settings.enablex_app_id or not settings.enablex_app_key:
+        fail("the reconciler needs EnableX's Server API credentials: set ENX_ENABLEX_APP_ID and ENX_ENABLEX_APP_KEY "
+             "(the project's APP_ID and APP_KEY in the EnableX portal)", code=2)
+    try:
+        asyncio.run(run_once(settings, since=first, until=last, room=room, echo=typer.echo))
+    except (EnableXError, ReconcileError, QueryError, CursorError) as exc:
+        fail(str(exc))
 
 
 # -- settings ---------------------------------------------------------------------------------------

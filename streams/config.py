@@ -144,6 +144,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest_port", _positive_int, "port the ingest service listens on"),
     Setting("max_body_bytes", _positive_int, "largest webhook body accepted, in bytes"),
     Setting("cache_dir", lambda s: Path(s).expanduser(), "where the Kafka broker jars are cached"),
+    Setting("enablex_app_id", str, "EnableX APP_ID for the reconciler's Server API calls (HTTP Basic user)",
+            secret=True),
+    Setting("enablex_app_key", str, "EnableX APP_KEY for the reconciler's Server API calls (HTTP Basic password)",
+            secret=True),
+    Setting("enablex_api_url", str, "base URL of EnableX's Server API (the reconciler)"),
+    Setting("reconcile_interval_s", _positive_float, "seconds between two reconciliation passes of the worker"),
+    Setting("reconcile_grace_s", _positive_float, "seconds a webhook may still be in flight before the "
+            "reconciler reports it missing"),
 )
 
 SETTINGS_BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
@@ -166,6 +174,11 @@ class Settings:
     ingest_port: int = 8080
     max_body_bytes: int = 1024 * 1024
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
+    enablex_app_id: Secret | None = None
+    enablex_app_key: Secret | None = None
+    enablex_api_url: str = "https://api.enablex.io/video/v2/"
+    reconcile_interval_s: float = 300.0
+    reconcile_grace_s: float = 600.0
 
     # -- derived values -------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The one-machine stack behind ``enx-streams dev``: starts the roles in order, stops them in reverse.
 
 Order: the local Kafka broker (unless one already answers on ``ENX_KAFKA_BOOTSTRAP``), the contract
-topics, a worker running processor and sink (it owns the embedded ClickHouse, applies the migrations and
+topics, a worker running processor and sink (and the reconciler when ``ENX_ENABLEX_APP_ID`` and
+``ENX_ENABLEX_APP_KEY`` are set; it owns the embedded ClickHouse, applies the migrations and
 answers ``enx-streams sql``), then ingest. Ingest starts last, so once its ``/readyz`` answers 200 the
 whole pipeline is up. Ctrl-C or SIGTERM stops ingest, then the worker, then the broker (only if this
 command started it), each with SIGTERM and a bounded wait, well within 30 seconds in all.
@@ -150,6 +151,13 @@ class DevStack:
         raise DevError(f"{what} was not ready within {timeout_s:.0f} s; the log {child.log} ends with:\n"
                        f"{_tail(child.log)}")
 
+    @property
+    def worker_roles(self) -> str:
+        """processor and sink; the reconciler too when EnableX's Server API credentials are set."""
+        if self.settings.enablex_app_id and self.settings.enablex_app_key:
+            return "processor,sink,reconciler"
+        return "processor,sink"
+
     def worker_ready(self) -> bool:
         from streams.sink.query import QueryError, run_query
 
@@ -161,9 +169,12 @@ class DevStack:
     def start(self) -> None:
         self.start_broker()
         self.provision_topics()
-        worker = self.spawn("worker", "worker", "--roles", "processor,sink")
+        worker = self.spawn("worker", "worker", "--roles", self.worker_roles)
         self.wait_until("the worker (processor and sink, ClickHouse migrations)", self.worker_ready, worker, 180)
         self.echo("worker: ready (ClickHouse migrated, answering queries)")
+        if "reconciler" in self.worker_roles:
+            self.echo(f"reconciler: a pass every {self.settings.reconcile_interval_s:.0f} s against "
+                      f"{self.settings.enablex_api_url} (findings in enablex.reconcile_findings)")
         ingest = self.spawn("ingest", "ingest")
         ready_url = f"http://{self.host_for_urls}:{self.settings.ingest_port}/readyz"
         self.wait_until("ingest", lambda: _http_ok(ready_url), ingest, 60)

@@ -35,7 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from streams import config
 
 PROJECTION_TABLES = ("webhook_events", "session_files", "sessions", "sla_alerts", "dead_letters",
-                     "events_per_minute", "dead_letters_per_minute")
+                     "events_per_minute", "dead_letters_per_minute", "reconcile_findings")
 CHANGELOG_SUFFIX = "-changelog"
 
 
@@ -183,7 +183,7 @@ async def progress(settings: config.Settings, total: dict[TopicPartition, int]) 
     finally:
         await admin.close()
     processed = sum(min(processed_offsets.get(tp, 0), end) for tp, end in total.items())
-    topics = [settings.topic(n) for n in ("webhooks", "deadletter", "sessions", "alerts")]
+    topics = [settings.topic(n) for n in ("webhooks", "deadletter", "sessions", "alerts", "reconcile")]
     ends = await _end_offsets(settings.kafka_bootstrap, topics)
     return Progress(processed=processed, total=sum(total.values()),
                     sunk=sum(min(sunk_offsets.get(tp, 0), end) for tp, end in ends.items()),

@@ -5,6 +5,9 @@
 - ``sink``: :func:`streams.sink.consumer.run_sink`, as a service of the same worker when the processor
   runs too, or alone under asyncio. With the embedded ClickHouse, this process becomes the owner of the
   data directory; a second one refuses to start and says why.
+- ``reconciler``: :func:`streams.reconcile.run.run_forever`, a pass against EnableX's Server API every
+  ``ENX_RECONCILE_INTERVAL_S`` (needs ``ENX_ENABLEX_APP_ID`` and ``ENX_ENABLEX_APP_KEY``), as a service of
+  the faust worker or under asyncio beside the sink.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 
 from streams.config import Settings
 
-ROLES = ("processor", "sink")
+ROLES = ("processor", "sink", "reconciler")
 # The collector's thresholds (Python's defaults: 700, 10, 10). A worker's heap is mostly its tables, which
 # only grow and shrink slowly, and with the defaults the collector's passes over them took a fifth of a
 # processor's time under a backlog (bench/README.md); young objects are collected every 10,000 allocations.
@@ -49,17 +52,30 @@ def _provision(settings: Settings) -> None:
         logging.getLogger("streams.worker").info("topics: %s", line)
 
 
-def _sink_alone(settings: Settings) -> int:
+def _sink_alone(settings: Settings, roles: frozenset[str] = frozenset({"sink"})) -> int:
+    """The roles other than the processor (sink and/or reconciler) under asyncio."""
     from streams.sink.clickhouse import ClickHouseError
     from streams.sink.consumer import run_sink
     from streams.sink.migrations import MigrationError
 
     async def main() -> None:
+        from streams.reconcile.run import run_forever
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_sink(settings, stop)
+        tasks = []
+        if "sink" in roles:
+            tasks.append(asyncio.ensure_future(run_sink(settings, stop)))
+        if "reconciler" in roles:
+            tasks.append(asyncio.ensure_future(run_forever(settings, stop)))
+        try:
+            for done in asyncio.as_completed(tasks):
+                await done  # a role that fails stops the others
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     try:
         asyncio.run(main())
@@ -103,9 +119,44 @@ def _sink_service(settings: Settings):  # -> mode.Service
     return SinkService()
 
 
+def _reconciler_service(settings: Settings):  # -> mode.Service
+    import mode
+
+    from streams.reconcile.run import run_forever
+
+    class ReconcilerService(mode.Service):
+        """The reconciler inside the faust worker: its passes run between start and stop."""
+
+        async def on_start(self) -> None:
+            self._stop = asyncio.Event()
+            self._task = asyncio.ensure_future(run_forever(settings, self._stop))
+
+        async def on_stop(self) -> None:
+            self._stop.set()
+            try:
+                await asyncio.wait_for(self._task, timeout=15)
+            except Exception as exc:  # noqa: BLE001 - report, do not hang the shutdown
+                logging.getLogger("streams.worker").warning("the reconciler stopped with %r", exc)
+
+    return ReconcilerService()
+
+
+def reconciler_refusal(settings: Settings) -> str | None:
+    """Why the reconciler role cannot run with these settings (None when it can)."""
+    if settings.enablex_app_id and settings.enablex_app_key:
+        return None
+    return ("the reconciler role needs EnableX's Server API credentials: set ENX_ENABLEX_APP_ID and "
+            "ENX_ENABLEX_APP_KEY (the project's APP_ID and APP_KEY in the EnableX portal), or drop reconciler "
+            "from --roles")
+
+
 def run(settings: Settings, roles: frozenset[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     gc.set_threshold(*GC_THRESHOLDS)
+    refusal = reconciler_refusal(settings) if "reconciler" in roles else None
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     (settings.data_dir / "processor").mkdir(parents=True, exist_ok=True)
     try:
         _provision(settings)
@@ -114,7 +165,7 @@ def run(settings: Settings, roles: frozenset[str]) -> int:
               f"(`enx-streams kafka start`)?", file=sys.stderr)
         return 1
     if "processor" not in roles:
-        return _sink_alone(settings)
+        return _sink_alone(settings, roles)
 
     import faust
 
@@ -122,6 +173,8 @@ def run(settings: Settings, roles: frozenset[str]) -> int:
 
     app = create_app(settings)
     services = [_sink_service(settings)] if "sink" in roles else []
+    if "reconciler" in roles:
+        services.append(_reconciler_service(settings))
     worker = faust.Worker(app, *services, loglevel="INFO", quiet=True, override_logging=False)
     try:
         worker.execute_from_commandline()

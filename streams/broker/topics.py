@@ -28,8 +28,11 @@ CONTRACT_CONFIGS: Mapping[str, Mapping[str, str]] = {
     "deadletter": KEPT_FOREVER,
     "sessions": COMPACTED,
     "alerts": KEPT_FOREVER,
-    "reconcile": KEPT_FOREVER,
+    "reconcile": KEPT_FOREVER,  # the reconciler's findings; the processor consumes them beside the log
 }
+
+# Topics the processor's state tables are fed from: their partition count must be the deployment's.
+CO_PARTITIONED = frozenset({"webhooks", "reconcile"})
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -48,9 +51,9 @@ class TopicSpec:
 
 
 def contract_topics(settings: Settings) -> list[TopicSpec]:
-    """The topics this deployment needs, with their contract configuration."""
+    """The contract topics this deployment needs, with their configuration."""
     return [TopicSpec(settings.topic(short), settings.partitions, dict(configs),
-                      partitions_must_match=(short in ("webhooks", "reconcile")))
+                      partitions_must_match=(short in CO_PARTITIONED))
             for short, configs in CONTRACT_CONFIGS.items()]
 
 

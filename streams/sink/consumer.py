@@ -1,7 +1,7 @@
-"""The sink worker: the four contract topics -> ClickHouse, batched, idempotent, committed after insert.
+"""The sink worker: the five contract topics -> ClickHouse, batched, idempotent, committed after insert.
 
 - One aiokafka consumer in group ``enx-streams-sink.<topic prefix>`` reads the webhook log, dead letters,
-  session snapshots and alerts from the earliest offset, with auto-commit off.
+  session snapshots, alerts and reconciliation findings from the earliest offset, with auto-commit off.
 - Each record is decoded (Avro single-object) and projected into rows (:mod:`streams.sink.rows`); rows are
   batched (:mod:`streams.sink.batcher`) to about one insert per table per second, or ``max_rows``.
 - Inserts run on clickhouse-connect (synchronous) in a thread of their own, never on the event loop.
@@ -42,7 +42,7 @@ from streams.sink.batcher import Batch, Batcher
 log = logging.getLogger("streams.sink")
 
 SINK_GROUP = "enx-streams-sink"
-TOPIC_KINDS = ("webhooks", "deadletter", "sessions", "alerts")
+TOPIC_KINDS = ("webhooks", "deadletter", "sessions", "alerts", "reconcile")
 
 
 def sink_group(settings: Settings) -> str:

@@ -22,7 +22,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "webhook_events": ("event_id", "received_at", "type", "app_id", "room_id", "conf_num", "trans_date",
                        "file_count", "total_bytes", "destination", "raw"),
     "session_files": ("event_id", "received_at", "type", "app_id", "conf_num", "kind", "url", "stage",
-                      "size_bytes", "destination", "trans_date"),
+                      "size_bytes", "destination", "trans_date", "source"),
     "sessions": ("app_id", "conf_num", "room_id", "version", "ended_at", "recording_at", "transcoded_at",
                  "delivered_at", "chat_at", "recording_files", "transcoded_files", "delivered_files",
                  "chat_files", "recording_latency_s", "transcode_latency_s", "delivery_latency_s",
@@ -30,6 +30,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "sla_alerts": ("alert_id", "kind", "app_id", "conf_num", "room_id", "deadline", "detected_at", "overdue_s",
                    "cause"),
     "dead_letters": ("id", "received_at", "reason", "reason_code", "raw", "source", "headers"),
+    "reconcile_findings": ("finding_id", "kind", "app_id", "conf_num", "room_id", "missing_type", "source",
+                           "trans_date", "urls", "archive_id", "found_at"),
 }
 
 # Which Avro record each contract topic carries (by the short name Settings.topic() takes).
@@ -38,6 +40,7 @@ RECORD_OF_TOPIC: dict[str, str] = {
     "deadletter": "DeadLetter",
     "sessions": "SessionState",
     "alerts": "SlaAlert",
+    "reconcile": "ReconcileFinding",
 }
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -120,6 +123,7 @@ def webhook_event_rows(event: Mapping[str, Any]) -> tuple[Row, list[Row]]:
         "size_bytes": size,
         "destination": destination,
         "trans_date": trans_date,
+        "source": "webhook",
     } for f, size in zip(files, sizes)]
     return event_row, file_rows
 
@@ -191,9 +195,40 @@ def dead_letter_row(letter: Mapping[str, Any]) -> Row:
         raise UnprojectableRecord(f"DeadLetter without a usable {exc}") from exc
 
 
+def finding_rows(finding: Mapping[str, Any]) -> tuple[Row, list[Row]]:
+    """A decoded ``ReconcileFinding`` -> its ``reconcile_findings`` row and one ``session_files`` row per URL,
+    marked ``source='reconcile'`` (event_id the finding_id, kind the missing type, type the missing webhook's)."""
+    try:
+        found_at = datetime_required(finding["found_at"])
+        trans_date = datetime_or_none(finding.get("trans_date"))
+        urls = [str(u) for u in (finding.get("urls") or []) if u]
+        row: Row = {
+            "finding_id": finding["finding_id"],
+            "kind": finding["kind"],
+            "app_id": finding["app_id"],
+            "conf_num": finding["conf_num"],
+            "room_id": finding.get("room_id"),
+            "missing_type": finding["missing_type"],
+            "source": finding["source"],
+            "trans_date": trans_date,
+            "urls": urls,
+            "archive_id": finding.get("archive_id"),
+            "found_at": found_at,
+        }
+    except (KeyError, TypeError) as exc:
+        raise UnprojectableRecord(f"ReconcileFinding without a usable {exc}") from exc
+    kind = row["missing_type"]
+    files = [] if kind not in ("recording", "transcoded", "chatdata") else [{
+        "event_id": row["finding_id"], "received_at": found_at, "type": kind, "app_id": row["app_id"],
+        "conf_num": row["conf_num"], "kind": kind, "url": url, "stage": None, "size_bytes": None,
+        "destination": "", "trans_date": trans_date, "source": "reconcile",
+    } for url in urls]
+    return row, files
+
+
 def project(topic_kind: str, record_name: str, record: Mapping[str, Any]) -> dict[str, list[Row]]:
     """The rows of one decoded record from a contract topic (``webhooks``, ``deadletter``, ``sessions``,
-    ``alerts``), by table. Raises :class:`UnprojectableRecord` for a record of the wrong type."""
+    ``alerts``, ``reconcile``), by table. Raises :class:`UnprojectableRecord` for a record of the wrong type."""
     expected = RECORD_OF_TOPIC.get(topic_kind)
     if expected is None:
         raise UnprojectableRecord(f"topic kind {topic_kind!r} is not one of {sorted(RECORD_OF_TOPIC)}")
@@ -207,6 +242,10 @@ def project(topic_kind: str, record_name: str, record: Mapping[str, Any]) -> dic
         return {"sessions": [session_row(record)]}
     if topic_kind == "alerts":
         return {"sla_alerts": [alert_row(record)]}
+    if topic_kind == "reconcile":
+        finding, file_rows = finding_rows(record)
+        return {"reconcile_findings": [finding], "session_files": file_rows} if file_rows \
+            else {"reconcile_findings": [finding]}
     return {"dead_letters": [dead_letter_row(record)]}
 
 

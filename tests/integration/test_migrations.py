@@ -16,6 +16,7 @@ from streams.sink.clickhouse import OwnerLock, connect, settings_path
 # the source documents, kept verbatim in the repository (tests/data/seeds) so a clean clone tests against them
 SEED = Path(__file__).resolve().parents[1] / "data" / "seeds" / "003_951e7e4425c9114a.txt"
 CONTRACT_TABLES = {"webhook_events", "session_files", "sessions", "sla_alerts", "dead_letters", "error_codes"}
+RECONCILE_TABLES = {"reconcile_findings"}
 VIEWS = {"events_per_minute_mv", "dead_letters_per_minute_mv"}
 
 
@@ -44,8 +45,9 @@ def scalar(client, sql: str):
 def test_all_at_once_then_rerun_does_nothing(client):
     applied = migrations.apply(client)
     assert applied == [m.label for m in migrations.discover()]
-    assert applied[:4] == ["001_database", "002_contract_tables", "003_dashboard_aggregates", "004_error_codes"]
-    assert CONTRACT_TABLES | VIEWS | {"schema_migrations", "events_per_minute", "dead_letters_per_minute"} \
+    assert applied[:5] == ["001_database", "002_contract_tables", "003_dashboard_aggregates", "004_error_codes",
+                           "005_reconcile_findings"]
+    assert CONTRACT_TABLES | RECONCILE_TABLES | VIEWS | {"schema_migrations", "events_per_minute", "dead_letters_per_minute"} \
         <= tables(client)
     ledger = client.query("SELECT version, name FROM enablex.schema_migrations FINAL ORDER BY version").result_rows
     assert [name for _, name in ledger] == applied
@@ -64,7 +66,9 @@ def test_step_by_step_forwards(client):
     assert migrations.apply(client, target=3) == ["003_dashboard_aggregates"]
     assert VIEWS <= tables(client)
     assert migrations.apply(client, target=4) == ["004_error_codes"]
-    later = [m.label for m in migrations.discover() if m.version > 4]
+    assert migrations.apply(client, target=5) == ["005_reconcile_findings"]
+    assert RECONCILE_TABLES <= tables(client)
+    later = [m.label for m in migrations.discover() if m.version > 5]
     assert migrations.apply(client) == later
     assert migrations.apply(client) == []
     assert migrations.applied_versions(client) == {m.version for m in migrations.discover()}
@@ -72,11 +76,11 @@ def test_step_by_step_forwards(client):
 
 def test_every_statement_is_idempotent_on_its_own(client):
     migrations.apply(client)
-    before = {t: scalar(client, f"SELECT count() FROM enablex.{t}") for t in CONTRACT_TABLES}
+    before = {t: scalar(client, f"SELECT count() FROM enablex.{t}") for t in CONTRACT_TABLES | RECONCILE_TABLES}
     for migration in migrations.discover():
         for sql in migration.statements():
             client.command(sql)  # an interrupted migration is simply applied again
-    after = {t: scalar(client, f"SELECT count() FROM enablex.{t}") for t in CONTRACT_TABLES}
+    after = {t: scalar(client, f"SELECT count() FROM enablex.{t}") for t in CONTRACT_TABLES | RECONCILE_TABLES}
     assert after == before and after["error_codes"] == 77
 
 
@@ -140,6 +144,22 @@ def test_migrate_command_leaves_a_running_owner_alone(settings):
     assert f"owned by pid {os.getpid()} (enx-streams worker --roles sink)" in said[0]
     assert "applied the migrations at its start" in said[0]
     assert not (settings.data_dir / "clickhouse" / "store").exists()  # it did not open the engine
+
+
+def test_session_files_rows_from_before_005_read_as_from_webhooks(client):
+    migrations.apply(client, target=4)
+    at = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    columns = ["event_id", "received_at", "type", "app_id", "conf_num", "kind", "url", "stage", "size_bytes",
+               "destination", "trans_date"]
+    client.insert("enablex.session_files", [["e1", at, "transcoded", "app", "1", "transcoded", "u", None, None, "",
+                                             None]], column_names=columns)
+    assert migrations.apply(client) == ["005_reconcile_findings"]
+    assert client.query("SELECT event_id, source FROM enablex.session_files").result_rows == [("e1", "webhook")]
+    client.insert("enablex.reconcile_findings", [["f1", "webhook_missing", "app", "1", None, "transcoded", "archive",
+                                                  at, ["u"], "a1", at]] * 2,
+                  column_names=["finding_id", "kind", "app_id", "conf_num", "room_id", "missing_type", "source",
+                                "trans_date", "urls", "archive_id", "found_at"])
+    assert scalar(client, "SELECT count() FROM enablex.reconcile_findings FINAL") == 1
 
 
 def test_split_statements():

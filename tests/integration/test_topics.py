@@ -61,5 +61,8 @@ def test_contradicting_topic_is_reported_not_used(bootstrap: str) -> None:
 def test_partition_count_of_the_event_log_must_match(bootstrap: str) -> None:
     settings = _settings(bootstrap, partitions=2)
     asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
-    with pytest.raises(TopicConflict, match="has 2 partitions, the deployment expects 4"):
+    with pytest.raises(TopicConflict, match="has 2 partitions, the deployment expects 4") as err:
         asyncio.run(ensure_topics(bootstrap, contract_topics(settings.with_overrides(partitions=4))))
+    # the processor consumes the reconciler's findings beside the log: co-partitioned too
+    assert f"{settings.topic('reconcile')} has 2 partitions" in str(err.value)
+    assert f"{settings.topic('alerts')} has" not in str(err.value)

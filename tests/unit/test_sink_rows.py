@@ -180,3 +180,37 @@ def test_as_lists_orders_columns():
     [values] = R.as_lists("webhook_events", [row])
     assert values == [row[c] for c in R.COLUMNS["webhook_events"]]
     assert values[0] == "e1" and values[-1] == row["raw"]
+
+
+def finding(**overrides):
+    base = {"finding_id": "f" * 32, "kind": "webhook_missing", "app_id": "app", "conf_num": "42", "room_id": "room",
+            "missing_type": "transcoded", "source": "archive", "trans_date": T0 - 5_000,
+            "urls": ["https://x/c.mp4", "https://x/d.mp4"], "archive_id": "a1", "found_at": T0}
+    base.update(overrides)
+    return base
+
+
+def test_a_finding_is_a_reconcile_findings_row_and_its_files_marked_as_from_reconciliation():
+    decoded = avro_roundtrip("ReconcileFinding", finding())
+    out = R.project("reconcile", "ReconcileFinding", decoded)
+    [row] = out["reconcile_findings"]
+    assert set(row) == set(R.COLUMNS["reconcile_findings"])
+    assert row["urls"] == ["https://x/c.mp4", "https://x/d.mp4"] and row["found_at"] == R.datetime_or_none(T0)
+    assert row["trans_date"] == R.datetime_or_none(T0 - 5_000) and row["archive_id"] == "a1"
+    files = out["session_files"]
+    assert [f["url"] for f in files] == row["urls"]
+    for f in files:
+        assert set(f) == set(R.COLUMNS["session_files"])
+        assert (f["event_id"], f["kind"], f["type"], f["source"]) == ("f" * 32, "transcoded", "transcoded", "reconcile")
+        assert f["stage"] is None and f["size_bytes"] is None and f["trans_date"] == row["trans_date"]
+
+
+def test_a_cdr_finding_has_no_files_and_webhook_files_say_so():
+    out = R.project("reconcile", "ReconcileFinding", finding(kind="session_unknown", missing_type="roomdrop",
+                                                             source="cdr", urls=[], trans_date=None))
+    assert set(out) == {"reconcile_findings"} and out["reconcile_findings"][0]["trans_date"] is None
+    assert {f["source"] for f in R.webhook_event_rows(event())[1]} == {"webhook"}
+    with pytest.raises(R.UnprojectableRecord, match="ReconcileFinding without a usable"):
+        R.project("reconcile", "ReconcileFinding", {"finding_id": "x"})
+    with pytest.raises(R.UnprojectableRecord, match="WebhookEvent record on the reconcile topic"):
+        R.project("reconcile", "WebhookEvent", event())
