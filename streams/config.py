@@ -138,7 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trusted_proxies", _addresses, "IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed"),
     Setting("allowed_app_ids", _app_ids, "app_ids accepted, comma-separated; unset = all (others get 403)"),
     Setting("state_retention_days", _positive_float, "days a finished session stays in the state tables"),
-    Setting("topic_prefix", _prefix, "prefix of the four contract topics"),
+    Setting("topic_prefix", _prefix, "prefix of the five contract topics"),
     Setting("partitions", _positive_int, "partitions of each contract topic (and so of each state table)"),
     Setting("ingest_host", str, "address the ingest service listens on"),
     Setting("ingest_port", _positive_int, "port the ingest service listens on"),
