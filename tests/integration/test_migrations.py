@@ -153,7 +153,7 @@ def test_session_files_rows_from_before_005_read_as_from_webhooks(client):
                "destination", "trans_date"]
     client.insert("enablex.session_files", [["e1", at, "transcoded", "app", "1", "transcoded", "u", None, None, "",
                                              None]], column_names=columns)
-    assert migrations.apply(client) == ["005_reconcile_findings"]
+    assert migrations.apply(client, target=5) == ["005_reconcile_findings"]
     assert client.query("SELECT event_id, source FROM enablex.session_files").result_rows == [("e1", "webhook")]
     client.insert("enablex.reconcile_findings", [["f1", "webhook_missing", "app", "1", None, "transcoded", "archive",
                                                   at, ["u"], "a1", at]] * 2,

@@ -306,10 +306,21 @@ def test_the_worker_role_refuses_without_credentials(settings: Settings) -> None
     assert done.returncode == 2 and "reconciler role needs" in done.stderr and "ENX_ENABLEX_APP_KEY" in done.stderr
 
 
+async def _later_than(settings: Settings, day: dt.date):
+    from streams.reconcile import cursor as C
+
+    loaded = C.load(C.cursor_path(settings))
+    return loaded if loaded.day is not None and loaded.day >= day else None
+
+
 def test_the_worker_role_reconciles_beside_the_sink(settings: Settings, api: FakeEnableX) -> None:
     """``worker --roles sink,reconciler``: the pass asks ClickHouse through the sink of its own process."""
     from streams.children import child_env
 
+    from streams.reconcile import cursor as C
+
+    # a reconciler that stopped on the fixtures' day resumes there: its first pass reads May 1 to today
+    C.save(C.cursor_path(settings), C.Cursor(day=dt.date(2024, 5, 1)))
     log_path = settings.data_dir / "worker.log"
     env = child_env(settings.with_overrides(reconcile_interval_s="1", reconcile_grace_s="1"))
     with open(log_path, "wb") as out:
@@ -324,12 +335,15 @@ def test_the_worker_role_reconciles_beside_the_sink(settings: Settings, api: Fak
                 return []
             return found if len(found) >= 9 else []
 
-        # today's wall clock: every fixture is days old, and the log is empty: everything is a finding
+        # the log is empty: everything the fixtures hold is a finding
         found = asyncio.run(until("findings of the worker's reconciler", findings, timeout_s=120))
         assert {(r["conf_num"], r["missing_type"]): r["kind"] for r in found if r["missing_type"] == "roomdrop"} \
             == {c: "session_unknown" for c in [("both", "roomdrop"), ("lost-roomdrop", "roomdrop"),
                                                 ("unknown", "roomdrop")]}
         assert len(found) == 12  # 3 conferences + 3 archive entries x 3 files
+        moved = asyncio.run(until("the cursor past May 1", lambda: _later_than(settings, dt.date(2024, 5, 2)),
+                                  timeout_s=60))
+        assert moved.day >= dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=2)
     finally:
         proc.terminate()
         assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
