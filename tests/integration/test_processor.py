@@ -192,12 +192,14 @@ class Workers:
         files = [self.tmp / f"worker-{i}.log" for i in range(len(self.procs))]
         marks = ("WARNING", "ERROR", "alert ", "not applied", "indexed on", "_on_partitions_assigned",
                  "Restoring state", "Done reading", "Worker ready")
-        parts = []
-        for f in files:
-            text = f.read_text()
-            events = [line[:300] for line in text.splitlines() if any(m in line for m in marks)]
-            parts.append(f"--- {f.name}: events\n" + "\n".join(events[-80:]) + f"\n--- {f.name}: tail\n{text[-2000:]}")
-        return "\n".join(parts) + f"\n{task_dumps(self.procs, files)}"
+        texts = [f.read_text() for f in files]
+        # every worker's events first, then the tails, then the task dumps: a truncated report still shows
+        # what each worker did
+        events = [f"--- {f.name}: events\n" + "\n".join(
+            [line[:300] for line in text.splitlines() if any(m in line for m in marks)][-60:])
+            for f, text in zip(files, texts)]
+        tails = [f"--- {f.name}: tail\n{text[-2000:]}" for f, text in zip(files, texts)]
+        return "\n".join(events + tails) + f"\n{task_dumps(self.procs, files)}"
 
     def failed(self, i: int, timeout_s: float = 90) -> str:
         """Worker ``i`` exits with an error within ``timeout_s``; its log. It counts as gone from then on (not
@@ -252,7 +254,10 @@ class Workers:
             return keys <= {r.key for r in got}
 
         got = read(self.settings, "sessions", all_seen, max(1.0, deadline - time.monotonic()))
-        assert all_seen(got), f"probes not processed\n{self.logs()}"
+        if not all_seen(got):
+            missing = sorted(keys - {r.key for r in got})
+            raise AssertionError(f"probes not processed: {missing} of {sorted(keys)} after "
+                                 f"{timeout_s - (deadline - time.monotonic()):.0f} s\n{self.logs()}")
 
 
 def commits_reach_the_end(workers: Workers, timeout_s: float = 15) -> None:
