@@ -176,3 +176,26 @@ def test_provisioning_points_grafana_at_the_datasource_uid_the_panels_use() -> N
     assert (source["type"], source["uid"]) == ("grafana-clickhouse-datasource", "enx-clickhouse")
     providers = yaml.safe_load((PROVISIONING / "dashboards" / "enx-streams.yaml").read_text(encoding="utf-8"))
     assert providers["providers"][0]["type"] == "file"
+
+
+def test_every_alert_rule_has_a_runbook_that_exists() -> None:
+    rules = d.load_alert_rules(PROVISIONING)
+    assert rules
+    seen = set()
+    for rule in rules:
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        assert url.startswith("docs/runbooks/") and url.endswith(".md"), (rule["title"], url)
+        path = ROOT / url
+        assert path.is_file(), f"{rule['title']}: runbook {url} does not exist"
+        text = path.read_text(encoding="utf-8")
+        assert rule["title"] in text and rule["uid"] in text, f"{url} is not the runbook of {rule['title']}"
+        for section in ("## What it means", "## What to check", "## What to do"):
+            assert section in text, f"{url} lacks {section!r}"
+        seen.add(url)
+    assert len(seen) == len(rules), "one runbook per rule"
+
+
+def test_the_stall_rule_is_bounded_in_time_and_newest_first() -> None:
+    (query,) = [q for q in d.alert_rule_queries(PROVISIONING) if q.rule == "Transcode stalled"]
+    assert "sla_deadline > $__toTime - INTERVAL 7 DAY" in query.sql
+    assert "ORDER BY sla_deadline DESC" in query.sql
