@@ -259,7 +259,8 @@ SinceOption = Annotated[Optional[str], typer.Option(
 AppIdOption = Annotated[Optional[str], typer.Option("--app-id", help="only bodies naming this app_id")]
 
 
-def _letter_filter(reason: str | None, since: str | None, app_id: str | None, origin: str | None = None):
+def _letter_filter(reason: str | None, since: str | None, app_id: str | None,
+                   origin: str | None = None) -> Filter:  # noqa: F821 - the module is imported lazily
     import time
 
     from streams.deadletters.select import FilterError, make_filter
@@ -291,18 +292,18 @@ def deadletters_list(settings: config.Settings, reason: ReasonOption = None, sin
         fail(f"--format {format!r}: give text or json", code=2)
     selection = _letter_filter(reason, since, app_id, origin)
     try:
-        letters, undecodable = asyncio.run(topics.read_dead_letters(settings, _progress))
+        letters, undecodable = asyncio.run(topics.read_dead_letters(settings, _progress, keep=selection.matches))
         ledger = asyncio.run(topics.read_ledger(settings))
-    except topics.BrokerUnavailable as exc:
+    except topics.DeadLettersError as exc:
         fail(str(exc))
-    chosen = sorted((x for x in letters if selection.matches(x)), key=lambda x: x["received_at"])
-    if limit:
-        chosen = chosen[-limit:]
+    matching = sorted(letters, key=lambda x: x["received_at"])
+    chosen = matching[-limit:] if limit else matching
     for letter in chosen:
         entry = ledger.get(letter["id"])
         typer.echo(json.dumps(view.as_json(letter, entry)) if format == "json" else view.list_line(letter, entry))
-    typer.echo(f"{len(chosen)} dead letter(s) shown" + (f"; {undecodable} undecodable record(s) skipped"
-                                                         if undecodable else ""), err=True)
+    typer.echo(f"{len(chosen)} of {len(matching)} matching dead letter(s) shown"
+               + (" (the newest; --limit 0 shows all)" if len(chosen) < len(matching) else "")
+               + (f"; {undecodable} undecodable record(s) skipped" if undecodable else ""), err=True)
 
 
 @deadletters_app.command("show")
@@ -315,12 +316,13 @@ def deadletters_show(settings: config.Settings,
 
     from streams.deadletters import topics, view
 
+    if format not in ("text", "json"):
+        fail(f"--format {format!r}: give text or json", code=2)
     try:
-        letters, _ = asyncio.run(topics.read_dead_letters(settings, _progress))
+        found, _ = asyncio.run(topics.read_dead_letters(settings, _progress, keep=lambda x: x["id"] == letter_id))
         ledger = asyncio.run(topics.read_ledger(settings))
-    except topics.BrokerUnavailable as exc:
+    except topics.DeadLettersError as exc:
         fail(str(exc))
-    found = [x for x in letters if x["id"] == letter_id]
     if not found:
         fail(f"no dead letter {letter_id!r} on {settings.topic('deadletter')}; `enx-streams deadletters list` "
              f"shows the ids")
@@ -342,7 +344,7 @@ def deadletters_redrive(settings: config.Settings, reason: ReasonOption = None, 
     try:
         summary = redrive.run(settings, selection, dry_run=dry_run, echo=lambda m: typer.echo(m, err=True),
                               progress=_progress)
-    except topics.BrokerUnavailable as exc:
+    except topics.DeadLettersError as exc:
         fail(str(exc))
     typer.echo(summary.describe(dry_run))
 

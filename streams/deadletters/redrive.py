@@ -74,6 +74,8 @@ def reparse(letter: Mapping[str, Any], allowed_app_ids: frozenset[str] | None) -
                          allowed_app_ids=allowed_app_ids)
     except Rejection as rejection:
         return rejection
+    except Exception as exc:  # noqa: BLE001 - a parser bug on one body must not stop the others' redrive
+        return Rejection("parser_error", f"{type(exc).__name__}: {exc}")
 
 
 def candidates(letters: Iterable[Mapping[str, Any]], ledger: Mapping[str, Any],
@@ -116,23 +118,25 @@ def ledger_record(decision: Decision, now_ms: int, appended_to: str | None) -> d
             "redriven_at": now_ms, "appended_to": appended_to}
 
 
-def _event_ids_in_log(settings: Settings, wanted: set[str], letter_ids: set[str],
+def _event_ids_in_log(settings: Settings, wanted: Mapping[str, bytes], letter_ids: set[str],
                       progress: topics.Progress | None) -> tuple[set[str], set[str]]:
-    """Which of ``wanted`` event ids, and which of ``letter_ids`` (by ``enx-redrive-of``), are in the log."""
+    """Which of the ``wanted`` event ids (-> the key ingest gives it), and which of ``letter_ids`` (by
+    ``enx-redrive-of``), are in the log. Only records under a wanted key are decoded: ingest and redrive
+    key every event by its session, so an event id is never under another key."""
     codec = default_codec()
+    keys = set(wanted.values())
     found: set[str] = set()
     redriven: set[str] = set()
-    undecodable = 0
 
     def handle(record: topics.Record) -> None:
-        nonlocal undecodable
         for name, value in record.headers:
             if name == REDRIVE_HEADER and value.decode("utf-8", "replace") in letter_ids:
                 redriven.add(value.decode("utf-8", "replace"))
+        if record.key not in keys:
+            return
         try:
             event_id = codec.decode(record.value or b"", "WebhookEvent")["event_id"]
         except Exception:  # noqa: BLE001 - the sink dead-letters such records; here they hold no id
-            undecodable += 1
             return
         if event_id in wanted:
             found.add(event_id)
@@ -146,13 +150,12 @@ def run(settings: Settings, selection: Filter, *, dry_run: bool, echo: Callable[
     """Redrive the selected dead letters of ingest; returns what was done (``echo`` says it as it goes)."""
     selection = Filter(selection.reason, selection.since_ms, selection.app_id, origin="ingest")
     allowed = frozenset(split_list(settings.allowed_app_ids)) or None
-    letters, undecodable = asyncio.run(topics.read_dead_letters(settings, progress))
+    chosen, undecodable = asyncio.run(topics.read_dead_letters(settings, progress, keep=selection.matches))
     if undecodable:
         echo(f"warning: {undecodable} record(s) of {settings.topic('deadletter')} are not DeadLetters; skipped")
-    chosen = [letter for letter in letters if selection.matches(letter)]
     ledger = asyncio.run(topics.read_ledger(settings))
     first = candidates(chosen, ledger, allowed)
-    wanted = {d.event["event_id"] for d in first if d.action == APPEND and d.event}
+    wanted = {d.event["event_id"]: session_key(d.event).encode() for d in first if d.action == APPEND and d.event}
     found, redriven = (set(), set())
     if wanted:
         echo(f"checking {settings.topic('webhooks')} for the {len(wanted)} event id(s) that now parse")

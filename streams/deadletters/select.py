@@ -13,6 +13,7 @@ from typing import Any
 _INGEST_ID = re.compile(r"[0-9a-f]{32}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+ORIGINS = ("ingest", "processor", "sink")
 
 
 class FilterError(ValueError):
@@ -83,6 +84,9 @@ class Filter:
 
 def make_filter(reason: str | None, since: str | None, app_id: str | None, now_ms: int,
                 origin: str | None = None) -> Filter:
-    """The filter of the command-line options (raises :class:`FilterError` for an unreadable ``--since``)."""
+    """The filter of the command-line options (raises :class:`FilterError` for an unreadable ``--since`` or
+    an unknown ``--origin``)."""
+    if origin is not None and origin not in ORIGINS:
+        raise FilterError(f"--origin {origin!r}: give one of {', '.join(ORIGINS)}")
     return Filter(reason=reason or None, since_ms=parse_since(since, now_ms) if since else None,
                   app_id=app_id or None, origin=origin)

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.avro import default_codec
-from streams.broker.topics import COMPACTED, TopicSpec, ensure_topics
+from streams.broker.topics import COMPACTED, TopicConflict, TopicSpec, ensure_topics
 from streams.config import Settings
 
 STALL_TIMEOUT_S = 30.0   # a read that makes no progress this long fails (broker away)
@@ -32,7 +32,11 @@ REQUEST_TIMEOUT_MS = 10_000
 Progress = Callable[[str, int, int], None]  # (topic, records read, records to read)
 
 
-class BrokerUnavailable(RuntimeError):
+class DeadLettersError(RuntimeError):
+    """A ``deadletters`` command cannot go on; the message says what to do next."""
+
+
+class BrokerUnavailable(DeadLettersError):
     """Kafka cannot be read or written; the message says what to do next."""
 
 
@@ -100,9 +104,11 @@ async def scan(settings: Settings, topic: str, handle: Callable[[Record], None],
         await consumer.stop()
 
 
-async def read_dead_letters(settings: Settings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Every ``DeadLetter`` on the dead-letter topic, in topic order, and how many records could not be
-    decoded (skipped, counted)."""
+async def read_dead_letters(settings: Settings, progress: Progress | None = None,
+                            keep: Callable[[Mapping[str, Any]], bool] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The ``DeadLetter`` records on the dead-letter topic that ``keep`` accepts (None: all), in topic order,
+    and how many records could not be decoded (skipped, counted). Only the kept ones stay in memory: the
+    topic holds every body ever rejected, up to ENX_MAX_BODY_BYTES each."""
     codec = default_codec()
     letters: list[dict[str, Any]] = []
     undecodable = 0
@@ -114,7 +120,8 @@ async def read_dead_letters(settings: Settings, progress: Progress | None = None
         except Exception:  # noqa: BLE001 - a foreign record on the topic is counted, not fatal
             undecodable += 1
             return
-        letters.append({**letter, "_at": f"{settings.topic('deadletter')}/{record.partition}/{record.offset}"})
+        if keep is None or keep(letter):
+            letters.append({**letter, "_at": f"{settings.topic('deadletter')}/{record.partition}/{record.offset}"})
 
     await scan(settings, settings.topic("deadletter"), handle, progress)
     return letters, undecodable
@@ -148,6 +155,9 @@ async def ensure_ledger(settings: Settings) -> None:
     """Create the ledger topic (compacted, one partition) if it is missing."""
     try:
         await ensure_topics(settings.kafka_bootstrap, [TopicSpec(ledger_topic(settings), 1, dict(COMPACTED))])
+    except TopicConflict as exc:
+        raise DeadLettersError(f"the redrive ledger {ledger_topic(settings)} exists but is not usable ({exc}); "
+                               f"it must be compacted (cleanup.policy=compact), or it loses what was redriven") from exc
     except (KafkaError, OSError) as exc:
         raise _unreachable(settings, exc) from exc
 

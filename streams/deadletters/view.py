@@ -5,18 +5,33 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from streams.deadletters.select import app_id_of, origin
 
 REASON_WIDTH = 70
+# C0 and C1 controls and DEL: a body is whatever was posted, and an escape sequence printed raw would act on
+# the operator's terminal
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with each control character shown as its escape (``\\x1b``, ``\\n``), safe for a terminal."""
+    pattern = _CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL
+    return pattern.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def iso(ms: int | None) -> str:
     if ms is None:
         return ""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    try:
+        when = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a consumer's letter dated by a record's odd timestamp
+        return str(ms)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def redriven_text(entry: Mapping[str, Any] | None) -> str:
@@ -26,10 +41,11 @@ def redriven_text(entry: Mapping[str, Any] | None) -> str:
 
 
 def list_line(letter: Mapping[str, Any], entry: Mapping[str, Any] | None) -> str:
-    reason = str(letter.get("reason", "")).replace("\n", " ")
+    reason = printable(str(letter.get("reason", "")))
     if len(reason) > REASON_WIDTH:
         reason = reason[:REASON_WIDTH - 1] + "…"
-    cells = [iso(letter.get("received_at")), str(letter["id"]), origin(letter), app_id_of(letter) or "-", reason]
+    cells = [iso(letter.get("received_at")), printable(str(letter["id"])), origin(letter),
+             printable(app_id_of(letter) or "-"), reason]
     redriven = redriven_text(entry)
     return "  ".join(cells) + (f"  [{redriven}]" if redriven else "")
 
@@ -58,11 +74,11 @@ def show_text(letter: Mapping[str, Any], entry: Mapping[str, Any] | None) -> str
             body = text
     except UnicodeDecodeError:
         body = f"(not UTF-8, {len(raw)} bytes) {raw[:2000]!r}"
-    lines = [f"id:          {letter['id']}",
+    lines = [f"id:          {printable(str(letter['id']))}",
              f"received_at: {iso(letter.get('received_at'))}",
              f"origin:      {origin(letter)}",
-             f"source:      {letter.get('source') or ''}",
-             f"reason:      {letter.get('reason')}",
+             f"source:      {printable(str(letter.get('source') or ''))}",
+             f"reason:      {printable(str(letter.get('reason', '')))}",
              f"stored at:   {letter.get('_at') or ''}"]
     if entry:
         lines.append(f"redrive:     {redriven_text(entry)}, event {entry.get('event_id')}"
@@ -70,6 +86,6 @@ def show_text(letter: Mapping[str, Any], entry: Mapping[str, Any] | None) -> str
     headers = letter.get("headers") or {}
     if headers:
         lines.append("headers:")
-        lines += [f"  {k}: {v}" for k, v in sorted(headers.items())]
-    lines += ["body:", body]
+        lines += [f"  {printable(k)}: {printable(v)}" for k, v in sorted(headers.items())]
+    lines += ["body:", printable(body, keep_newlines=True)]
     return "\n".join(lines)
