@@ -145,3 +145,48 @@ async def test_redrive_appends_what_a_relaxed_rule_accepts_once(bootstrap: str, 
     letter_id = next(iter(redriven.values()))
     shown = cli(strict, "show", letter_id, allowed=None).stdout
     assert f"id:          {letter_id}" in shown and "app_id_not_allowed" in shown and "redrive:     appended" in shown
+
+
+def test_a_redrive_that_stops_after_the_append_and_before_its_ledger_is_not_repeated(
+        bootstrap: str, tmp_path: Path, monkeypatch) -> None:
+    """A crash between the acknowledged append and the ledger write: the next run finds the events in the
+    log (by their event ids and ``enx-redrive-of``), appends nothing and records them."""
+    import asyncio
+
+    from streams.deadletters import redrive, topics
+    from streams.deadletters.select import Filter
+
+    strict = Settings(data_dir=tmp_path, kafka_bootstrap=bootstrap, topic_prefix=f"r{uuid.uuid4().hex[:10]}.",
+                      partitions=2, allowed_app_ids=ALLOWED)
+    relaxed = Settings(data_dir=tmp_path, kafka_bootstrap=bootstrap, topic_prefix=strict.topic_prefix,
+                       partitions=2)
+    asyncio.run(ensure_topics(bootstrap, contract_topics(strict)))
+    theirs = [body(OTHER, f"k{n}") for n in range(2)]
+    answers = asyncio.run(post_all(strict, [json.dumps(b).encode() for b in theirs]))
+    assert [status for status, _ in answers] == [403, 403]
+
+    real_send_all = topics.Appender.send_all
+
+    async def dies_before_the_ledger(self, topic, records, timeout_s=60.0):
+        if topic == topics.ledger_topic(relaxed):
+            raise topics.BrokerUnavailable("killed before the ledger write")
+        return await real_send_all(self, topic, records, timeout_s)
+
+    monkeypatch.setattr(topics.Appender, "send_all", dies_before_the_ledger)
+    try:
+        redrive.run(relaxed, Filter(), dry_run=False, echo=lambda _m: None)
+        raise AssertionError("the injected failure did not happen")
+    except topics.BrokerUnavailable as exc:
+        assert "killed before the ledger write" in str(exc)
+    monkeypatch.setattr(topics.Appender, "send_all", real_send_all)
+    assert len(asyncio.run(read_log(strict))) == 2
+    assert asyncio.run(topics.read_ledger(relaxed)) == {}
+
+    again = cli(strict, "redrive", allowed=None)
+    assert "appended 0" in again.stdout and "already in the log 2" in again.stdout, again.stdout
+    log = asyncio.run(read_log(strict))
+    assert sorted(default_codec().decode(r.value)["event_id"] for r in log) == sorted(map(event_id_of, theirs))
+    ledger = asyncio.run(topics.read_ledger(relaxed))
+    assert {a["deadletter_id"] for _, a in answers} == set(ledger)
+    assert {entry["outcome"] for entry in ledger.values()} == {redrive.IN_LOG}
+    assert "redriven before 2" in cli(strict, "redrive", allowed=None).stdout
