@@ -337,7 +337,8 @@ def deadletters_redrive(settings: config.Settings, reason: ReasonOption = None, 
                         app_id: AppIdOption = None,
                         dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be appended; "
                                                               "append and record nothing")] = False) -> None:
-    """Append ingest's dead letters that today's rules accept to the webhook log, once, with their event ids."""
+    """Append ingest's dead letters that today's rules accept (this version's parser, ENX_ALLOWED_APP_IDS as set
+    here: set it as ingest has it) to the webhook log, once, with the event ids ingest would have given them."""
     from streams.deadletters import redrive, topics
 
     selection = _letter_filter(reason, since, app_id)
