@@ -18,6 +18,7 @@ log. Run one redrive at a time (two at once could both append; every projection 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -80,9 +81,11 @@ def reparse(letter: Mapping[str, Any], allowed_app_ids: frozenset[str] | None) -
 
 def candidates(letters: Iterable[Mapping[str, Any]], ledger: Mapping[str, Any],
                allowed_app_ids: frozenset[str] | None) -> list[Decision]:
-    """First pass, without the log: redriven before, still rejected, or a candidate (action APPEND)."""
+    """First pass, without the log: redriven before, still rejected, or a candidate (action APPEND); in the
+    order ingest received the letters, so a session's events are appended in their arrival order and, of
+    two letters of one event, the first received is the one appended."""
     out = []
-    for letter in letters:
+    for letter in sorted(letters, key=lambda x: int(x["received_at"])):
         if letter["id"] in ledger:
             out.append(Decision(letter["id"], REDRIVEN_BEFORE))
             continue
@@ -148,7 +151,7 @@ def _event_ids_in_log(settings: Settings, wanted: Mapping[str, bytes], letter_id
 def run(settings: Settings, selection: Filter, *, dry_run: bool, echo: Callable[[str], None],
         progress: topics.Progress | None = None, clock: Callable[[], float] = time.time) -> Summary:
     """Redrive the selected dead letters of ingest; returns what was done (``echo`` says it as it goes)."""
-    selection = Filter(selection.reason, selection.since_ms, selection.app_id, origin="ingest")
+    selection = dataclasses.replace(selection, origin="ingest")
     allowed = frozenset(split_list(settings.allowed_app_ids)) or None
     chosen, undecodable = asyncio.run(topics.read_dead_letters(settings, progress, keep=selection.matches))
     if undecodable:

@@ -153,6 +153,15 @@ def test_a_body_the_relaxed_rule_accepts_becomes_the_event_ingest_would_have_mad
     assert now.event["event_id"] == event_id_of(body) and now.event["received_at"] == T0
 
 
+def test_candidates_come_in_the_order_ingest_received_them():
+    later = ingest_letter(payload(conf_num="c1", kind="recording"), received_at=T0 + 5)
+    earlier = ingest_letter(payload(conf_num="c1", kind="roomdrop"), received_at=T0)
+    retry = ingest_letter(json.dumps(payload(conf_num="c1", kind="roomdrop"), indent=1).encode(), received_at=T0 + 9)
+    decided = R.against_log(R.candidates([retry, later, earlier], {}, None), set(), set())
+    assert [(d.letter_id, d.action) for d in decided] == [
+        (earlier["id"], R.APPEND), (later["id"], R.APPEND), (retry["id"], R.DUPLICATE)]
+
+
 def test_a_letter_in_the_ledger_is_not_parsed_again():
     letter = ingest_letter(payload())
     [d] = R.candidates([letter], {letter["id"]: {"outcome": "appended"}}, None)
