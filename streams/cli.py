@@ -283,6 +283,109 @@ def reconcile(settings: config.Settings,
         fail(str(exc))
 
 
+# -- dead letters -----------------------------------------------------------------------------------
+
+deadletters_app = typer.Typer(help="The dead letters of the dead-letter topic: list, show, redrive.",
+                              no_args_is_help=True)
+app.add_typer(deadletters_app, name="deadletters")
+ReasonOption = Annotated[Optional[str], typer.Option(
+    "--reason", help="only reasons starting with this (a code such as app_id_not_allowed, or more)")]
+SinceOption = Annotated[Optional[str], typer.Option(
+    "--since", help="only letters received since: a duration (30m, 6h, 7d, 2w) or an ISO date/datetime (UTC)")]
+AppIdOption = Annotated[Optional[str], typer.Option("--app-id", help="only bodies naming this app_id")]
+
+
+def _letter_filter(reason: str | None, since: str | None, app_id: str | None,
+                   origin: str | None = None) -> Filter:  # noqa: F821 - the module is imported lazily
+    import time
+
+    from streams.deadletters.select import FilterError, make_filter
+
+    try:
+        return make_filter(reason, since, app_id, int(time.time() * 1000), origin)
+    except FilterError as exc:
+        fail(str(exc), code=2)
+
+
+def _progress(topic: str, read: int, total: int) -> None:
+    typer.echo(f"read {read}/{total} records of {topic}", err=True)
+
+
+@deadletters_app.command("list")
+@with_settings
+def deadletters_list(settings: config.Settings, reason: ReasonOption = None, since: SinceOption = None,
+                     app_id: AppIdOption = None,
+                     origin: Annotated[Optional[str], typer.Option(
+                         "--origin", help="only letters of: ingest, processor, sink")] = None,
+                     limit: Annotated[int, typer.Option("--limit", min=0, help="the newest N (0: all)")] = 50,
+                     format: Annotated[str, typer.Option("--format", help="text or json (one object a line)")] = "text") -> None:
+    """List dead letters (newest last): received_at, id, origin, app_id, reason, and whether redriven."""
+    import json
+
+    from streams.deadletters import topics, view
+
+    if format not in ("text", "json"):
+        fail(f"--format {format!r}: give text or json", code=2)
+    selection = _letter_filter(reason, since, app_id, origin)
+    try:
+        letters, undecodable = asyncio.run(topics.read_dead_letters(settings, _progress, keep=selection.matches))
+        ledger = asyncio.run(topics.read_ledger(settings))
+    except topics.DeadLettersError as exc:
+        fail(str(exc))
+    matching = sorted(letters, key=lambda x: x["received_at"])
+    chosen = matching[-limit:] if limit else matching
+    for letter in chosen:
+        entry = ledger.get(letter["id"])
+        typer.echo(json.dumps(view.as_json(letter, entry)) if format == "json" else view.list_line(letter, entry))
+    typer.echo(f"{len(chosen)} of {len(matching)} matching dead letter(s) shown"
+               + (" (the newest; --limit 0 shows all)" if len(chosen) < len(matching) else "")
+               + (f"; {undecodable} undecodable record(s) skipped" if undecodable else ""), err=True)
+
+
+@deadletters_app.command("show")
+@with_settings
+def deadletters_show(settings: config.Settings,
+                     letter_id: Annotated[str, typer.Argument(help="the dead letter id (deadletter_id of the 400/403)")],
+                     format: Annotated[str, typer.Option("--format", help="text or json")] = "text") -> None:
+    """Show one dead letter: reason, source, headers, the body, and its redrive."""
+    import json
+
+    from streams.deadletters import topics, view
+
+    if format not in ("text", "json"):
+        fail(f"--format {format!r}: give text or json", code=2)
+    try:
+        found, _ = asyncio.run(topics.read_dead_letters(settings, _progress, keep=lambda x: x["id"] == letter_id))
+        ledger = asyncio.run(topics.read_ledger(settings))
+    except topics.DeadLettersError as exc:
+        fail(str(exc))
+    if not found:
+        fail(f"no dead letter {letter_id!r} on {settings.topic('deadletter')}; `enx-streams deadletters list` "
+             f"shows the ids")
+    letter = found[-1]
+    entry = ledger.get(letter_id)
+    typer.echo(json.dumps(view.as_json(letter, entry), indent=2) if format == "json" else view.show_text(letter, entry))
+
+
+@deadletters_app.command("redrive")
+@with_settings
+def deadletters_redrive(settings: config.Settings, reason: ReasonOption = None, since: SinceOption = None,
+                        app_id: AppIdOption = None,
+                        dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be appended; "
+                                                              "append and record nothing")] = False) -> None:
+    """Append ingest's dead letters that today's rules accept (this version's parser, ENX_ALLOWED_APP_IDS as set
+    here: set it as ingest has it) to the webhook log, once, with the event ids ingest would have given them."""
+    from streams.deadletters import redrive, topics
+
+    selection = _letter_filter(reason, since, app_id)
+    try:
+        summary = redrive.run(settings, selection, dry_run=dry_run, echo=lambda m: typer.echo(m, err=True),
+                              progress=_progress)
+    except topics.DeadLettersError as exc:
+        fail(str(exc))
+    typer.echo(summary.describe(dry_run))
+
+
 # -- settings ---------------------------------------------------------------------------------------
 
 @app.command("settings")
