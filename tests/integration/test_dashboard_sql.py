@@ -392,3 +392,128 @@ def test_error_code_lookup_filters_by_its_text_variable(loaded: Loaded) -> None:
             assert result and all("moderator" in r[2].lower() for r in result)
         else:
             assert len(result) == expect, search
+
+
+# -- reconciliation: the findings, the rescued sessions and the "Webhooks missing" rule --------------
+
+RECONCILIATION = "enx-streams: reconciliation"
+
+
+def as_dicts(loaded: Loaded, dashboard: str, title: str) -> list[dict[str, Any]]:
+    columns, result = run(loaded, panel(dashboard, title).sql)
+    return [dict(zip(columns, r)) for r in result]
+
+
+def test_the_findings_panels_show_what_the_reconciler_found(loaded: Loaded) -> None:
+    losses, findings = loaded.losses, loaded.findings
+    expected = losses.expected_findings()
+    got = one_row(loaded, RECONCILIATION, "Findings in range")
+    assert got == {"webhook_missing": len(expected) - UNKNOWN_SESSIONS, "session_unknown": UNKNOWN_SESSIONS,
+                   "sessions": len({k for k, _, _ in expected}), "apps": len({f["app_id"] for f in findings})}
+    (day,) = as_dicts(loaded, RECONCILIATION, "Findings per day")  # one pass, one day
+    assert day["time"].date() == dt.date(2025, 1, 15)
+    assert {k: v for k, v in day.items() if k != "time"} == {
+        "roomdrop": 1, "recording": 0, "transcoded": RESCUED_BEFORE_PAGE + RESCUED_AFTER_PAGE, "chatdata": 1,
+        "session_unknown": UNKNOWN_SESSIONS}
+    by_app = as_dicts(loaded, RECONCILIATION, "Findings by app")
+    assert {r["app_id"]: r["findings"] for r in by_app} == Counter(f["app_id"] for f in findings)
+
+    recent = {(f"{r['app_id']}/{r['conf_num']}", r["missing_type"]): r
+              for r in as_dicts(loaded, RECONCILIATION, "Recent findings")}
+    assert set(recent) == {(k, t) for k, _, t in expected}
+    urls = {(f"{f['app_id']}/{f['conf_num']}", f["missing_type"]): " ".join(f["urls"]) for f in findings}
+    for (key, type_), row in recent.items():
+        assert row["urls"] == urls[(key, type_)] and row["sla_state"] == loaded.states[key]
+        assert row["source"] == ("cdr" if type_ == "roomdrop" else "archive")
+        assert row["found_at"] == rows.datetime_required(FOUND_AT_MS).replace(tzinfo=None)  # chdb: naive UTC
+    for key in losses.before_page + losses.after_page:  # what to do next: the MP4 is at the archive's URL
+        row = recent[(key, "transcoded")]
+        assert row["urls"].endswith(".mp4") and row["sla_state"] == "met"
+        assert row["next_step"].startswith("Composite in the archive")
+    for key in losses.unknown:
+        row = recent[(key, "roomdrop")]
+        assert (row["kind"], row["urls"], row["sla_state"]) == ("session_unknown", "", "not_applicable")
+        assert row["next_step"].startswith("No webhook of this conference reached ingest")
+
+
+def test_the_rescued_panels_count_the_sessions_judged_from_the_archive(loaded: Loaded) -> None:
+    losses = loaded.losses
+    closed = {f"{a['app_id']}/{a['conf_num']}" for a in loaded.alerts
+              if a["kind"] == "transcode_recovered" and a["cause"] == "webhook_missing"}
+    paged = {f"{a['app_id']}/{a['conf_num']}" for a in loaded.alerts if a["kind"] == "transcode_stalled"}
+    assert closed == set(losses.after_page) <= paged and paged.isdisjoint(losses.before_page)
+    got = one_row(loaded, RECONCILIATION, "Sessions rescued from a false page")
+    assert got == {"rescued": RESCUED_BEFORE_PAGE + RESCUED_AFTER_PAGE, "before_page": RESCUED_BEFORE_PAGE,
+                   "page_closed": RESCUED_AFTER_PAGE}
+    rescued = {f"{r['app_id']}/{r['conf_num']}": r for r in as_dicts(loaded, RECONCILIATION, "Rescued sessions")}
+    assert set(rescued) == set(losses.before_page + losses.after_page)
+    for key, row in rescued.items():
+        assert (row["sla_state"], row["composite_from"]) == ("met", "archive") and loaded.states[key] == "met"
+        assert row["composite_at"] <= row["deadline"]
+    assert {k for k, r in rescued.items() if r["page"] == "none"} == set(losses.before_page)
+    assert all(rescued[k]["page"].startswith("closed 2025-01-15 12:15") for k in losses.after_page)
+
+
+def threshold_of(title: str) -> float:
+    """The value above which the rule fires (its threshold expression, ``gt``)."""
+    (rule_,) = [r for r in dashboards.load_alert_rules() if r["title"] == title]
+    (model,) = [x["model"] for x in rule_["data"] if x["model"].get("type") == "threshold"]
+    evaluator = model["conditions"][0]["evaluator"]
+    assert evaluator["type"] == "gt"
+    return float(evaluator["params"][0])
+
+
+def evaluate(loaded: Loaded, title: str, at_ms: int) -> dict[str, int]:
+    """The rule's query as Grafana runs it at ``at_ms``, over its own relative time range: app_id -> findings."""
+    (rule_,) = [r for r in dashboards.load_alert_rules() if r["title"] == title]
+    span_s = next(x for x in rule_["data"] if x["refId"] == "A")["relativeTimeRange"]["from"]
+    to = rows.datetime_required(at_ms)
+    query = rule(title)
+    result = loaded.client.query(dashboards.expand_macros(query.sql, to - dt.timedelta(seconds=span_s), to))
+    assert query.expected_columns == ["app_id", "findings"]
+    if result.result_rows:  # chdb names no column of an empty result
+        assert list(result.column_names) == query.expected_columns
+    return {r[0]: r[1] for r in result.result_rows}
+
+
+def lost_webhooks(app_id: str, n: int, first_ms: int, last_ms: int) -> list[dict[str, Any]]:
+    """``n`` findings of ``app_id`` found between ``first_ms`` and ``last_ms``, of every kind and type."""
+    types = ("transcoded", "roomdrop", "recording", "chatdata")
+    out = []
+    for i in range(n):
+        type_ = types[i % len(types)]
+        kind = "session_unknown" if type_ == "roomdrop" and i % 8 == 1 else "webhook_missing"
+        found = first_ms + (last_ms - first_ms) * i // max(1, n - 1)
+        out.append(roundtrip("ReconcileFinding", compare.Finding(
+            kind, app_id, f"{i:06d}", "room-1", type_, "cdr" if type_ == "roomdrop" else "archive", found - 3_600_000,
+            () if type_ == "roomdrop" else (f"https://recordings.enablex.io/{app_id}/{i}/file",), f"a-{i}",
+            found).record()))
+    return out
+
+
+def test_the_webhook_missing_rule_fires_for_an_app_with_many_lost_webhooks_in_the_last_hour(loaded: Loaded) -> None:
+    title = "Webhooks missing"
+    limit = threshold_of(title)
+    # the loaded run: every finding counts (session_unknown too: a conference none of whose webhooks came)
+    at_run = evaluate(loaded, title, FOUND_AT_MS + 60_000)
+    assert at_run == Counter(f["app_id"] for f in loaded.findings)
+    # days after the run (outside every panel's time range), three apps: one loses many webhooks in the last
+    # hour, one a few, one many but two hours ago
+    at = NOW_MS + 5 * 86_400_000
+    many, few, old = int(limit) + 7, int(limit) - 2, int(limit) + 15
+    batches = {"app-lossy": lost_webhooks("app-lossy", many, at - 55 * 60_000, at - 60_000),
+               "app-few": lost_webhooks("app-few", few, at - 50 * 60_000, at - 10 * 60_000),
+               "app-old": lost_webhooks("app-old", old, at - 170 * 60_000, at - 130 * 60_000)}
+    for batch in batches.values():
+        for finding in batch + batch[:3]:  # the sink's at-least-once: a finding inserted twice counts once
+            for table, projected in rows.project("reconcile", "ReconcileFinding", finding).items():
+                insert(loaded.client, table, projected)
+
+    def firing(at_ms: int) -> dict[str, int]:
+        return {app: n for app, n in evaluate(loaded, title, at_ms).items() if n > limit}
+
+    assert evaluate(loaded, title, at) == {"app-lossy": many, "app-few": few}
+    assert firing(at) == {"app-lossy": many}                       # many in the last hour: a ticket
+    assert firing(at - 120 * 60_000) == {"app-old": old}           # the old outage, when it was new
+    assert evaluate(loaded, title, at + 2 * 3_600_000) == {}      # nothing found for an hour: resolved (no data: OK)
+    assert evaluate(loaded, title, at - 86_400_000) == {}         # no finding at all: nothing
