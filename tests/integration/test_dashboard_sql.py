@@ -517,3 +517,11 @@ def test_the_webhook_missing_rule_fires_for_an_app_with_many_lost_webhooks_in_th
     assert firing(at - 120 * 60_000) == {"app-old": old}           # the old outage, when it was new
     assert evaluate(loaded, title, at + 2 * 3_600_000) == {}      # nothing found for an hour: resolved (no data: OK)
     assert evaluate(loaded, title, at - 86_400_000) == {}         # no finding at all: nothing
+
+
+def test_the_sla_alerts_panel_says_which_recoveries_were_a_missing_webhook(loaded: Loaded) -> None:
+    alerts = as_dicts(loaded, "enx-streams: SLA overview", "SLA alerts")
+    missing = {f"{a['app_id']}/{a['conf_num']}" for a in alerts if a["cause"] == "webhook_missing"}
+    assert missing == set(loaded.losses.after_page)
+    assert all(a["kind"] == "transcode_recovered" for a in alerts if a["cause"] == "webhook_missing")
+    assert any(a["kind"] == "transcode_recovered" and a["cause"] == "" for a in alerts)  # the late jobs
