@@ -35,6 +35,24 @@ def test_the_four_dashboards_exist_as_valid_json_with_unique_uids() -> None:
     assert not (JSON_DIR / ".gitkeep").exists()
 
 
+def test_the_reconciliation_dashboard_shows_findings_and_rescued_sessions() -> None:
+    (board,) = [b for b in all_dashboards().values() if b["title"] == "enx-streams: reconciliation"]
+    assert board["uid"] == "enx-reconciliation"
+    queries = {q.panel_title: q for q in d.panel_queries(JSON_DIR) if q.dashboard == board["title"]}
+    assert set(queries) == {"Findings in range", "Findings per day", "Findings by app",
+                            "Sessions rescued from a false page", "Rescued sessions", "Recent findings"}
+    per_day = queries["Findings per day"]
+    assert per_day.expected_columns == ["time", "roomdrop", "recording", "transcoded", "chatdata", "session_unknown"]
+    assert "toStartOfDay(found_at) AS time" in per_day.sql
+    for q in queries.values():  # every table read through FINAL: a finding found twice counts once
+        assert re.search(r"FROM enablex\.(reconcile_findings|sessions)( AS [a-z])? FINAL", q.sql), q.panel_title
+    rescued = queries["Sessions rescued from a false page"]
+    assert rescued.expected_columns == ["rescued", "before_page", "page_closed"]
+    assert "has(s.reconciled, 'transcoded')" in rescued.sql and "cause = 'webhook_missing'" in rescued.sql
+    recent = queries["Recent findings"]
+    assert {"urls", "conf_num", "sla_state", "next_step"} <= set(recent.expected_columns)
+
+
 def test_every_panel_has_a_clickhouse_target_with_raw_sql() -> None:
     for name, board in all_dashboards().items():
         panels = list(d.iter_panels(board))
@@ -144,7 +162,7 @@ def test_alert_rules_are_valid_unified_alerting_provisioning() -> None:
     doc = yaml.safe_load((PROVISIONING / "alerting" / "enx-alerts.yaml").read_text(encoding="utf-8"))
     assert doc["apiVersion"] == 1
     rules = {r["uid"]: r for g in doc["groups"] for r in g["rules"]}
-    assert list(rules) == ["enx-transcode-stalled", "enx-processor-dead-letters"]
+    assert list(rules) == ["enx-transcode-stalled", "enx-processor-dead-letters", "enx-webhook-missing"]
     for group in doc["groups"]:
         assert group["folder"] and group["interval"] and group["orgId"] == 1
     dashboard_uids = {dash["uid"] for dash in d.load_dashboards(JSON_DIR).values()}
@@ -166,8 +184,16 @@ def test_alert_rules_are_valid_unified_alerting_provisioning() -> None:
     assert "enablex.dead_letters FINAL" in failed and "reason_code = 'processor_failed'" in failed
     queries = d.alert_rule_queries(PROVISIONING)
     assert [(q.rule, q.ref_id) for q in queries] == [("Transcode stalled", "A"),
-                                                     ("Processor could not handle an event", "A")]
+                                                     ("Processor could not handle an event", "A"),
+                                                     ("Webhooks missing", "A")]
     assert "overdue_min" in queries[0].expected_columns and "records" in queries[1].expected_columns
+    missing = rules["enx-webhook-missing"]
+    assert missing["labels"]["severity"] == "ticket"
+    assert queries[2].expected_columns == ["app_id", "findings"]  # one instance per app, one number
+    assert "enablex.reconcile_findings FINAL" in queries[2].sql and "$__timeFilter(found_at)" in queries[2].sql
+    assert all(x["relativeTimeRange"] == {"from": 3600, "to": 0} for x in missing["data"])  # the last hour
+    (threshold,) = [x["model"] for x in missing["data"] if x["model"].get("type") == "threshold"]
+    assert threshold["conditions"][0]["evaluator"] == {"type": "gt", "params": [5]}
 
 
 def test_provisioning_points_grafana_at_the_datasource_uid_the_panels_use() -> None:
