@@ -7,15 +7,24 @@ Frames are replayed in order; the marker is rewritten atomically (write, fsync, 
 acknowledged frame, so a crash can re-send at most the frame in flight at that instant; it carries the same
 ``event_id``, which every projection deduplicates. A torn last frame (crash mid-write) fails its CRC and is
 discarded: its request never got a 202.
+
+Replay reads forward from the marker, one batch at a time (:meth:`Spool.pending`), never the whole file, so
+draining N frames costs O(N) whatever the spool's size. Once everything is acknowledged the file is emptied:
+the marker is reset to 0 first, then the file truncated. A crash between the two re-sends frames Kafka
+already has (deduplicated by ``event_id``); the other order could leave a marker past the end of the file,
+which would skip frames answered 202. A marker past the end (a spool from before this order) means the
+truncation happened, so it reads as 0.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 HEADER = struct.Struct(">II")
 FIELD = struct.Struct(">i")
@@ -36,28 +45,44 @@ def encode_frame(topic: str, key: bytes | None, value: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_frames(data: bytes, start: int = 0) -> list[Frame]:
-    """Every complete, intact frame from ``start``; stops at the first torn or corrupt one."""
-    frames, pos = [], start
-    while pos + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, pos)
-        body_start, body_end = pos + HEADER.size, pos + HEADER.size + length
-        if body_end > len(data) or zlib.crc32(data[body_start:body_end]) != crc:
+def _decode_payload(payload: bytes, end: int) -> Frame:
+    p = 0
+    (tlen,) = FIELD.unpack_from(payload, p)
+    p += 4
+    topic = payload[p:p + tlen].decode()
+    p += tlen
+    (klen,) = FIELD.unpack_from(payload, p)
+    p += 4
+    key = None if klen < 0 else payload[p:p + klen]
+    p += max(klen, 0)
+    (vlen,) = FIELD.unpack_from(payload, p)
+    p += 4
+    return Frame(topic, key, payload[p:p + vlen], end)
+
+
+def read_frames(f: BinaryIO, start: int, limit: int | None = None) -> tuple[list[Frame], int]:
+    """Up to ``limit`` complete, intact frames of the open file ``f`` from byte ``start``, read forward (only
+    those frames' bytes are read); stops at the first torn or corrupt one. Returns the frames and the offset
+    just past the last good one."""
+    frames: list[Frame] = []
+    pos = start
+    f.seek(start)
+    while limit is None or len(frames) < limit:
+        header = f.read(HEADER.size)
+        if len(header) < HEADER.size:
             break
-        payload, p = data[body_start:body_end], 0
-        (tlen,) = FIELD.unpack_from(payload, p)
-        p += 4
-        topic = payload[p:p + tlen].decode()
-        p += tlen
-        (klen,) = FIELD.unpack_from(payload, p)
-        p += 4
-        key = None if klen < 0 else payload[p:p + klen]
-        p += max(klen, 0)
-        (vlen,) = FIELD.unpack_from(payload, p)
-        p += 4
-        frames.append(Frame(topic, key, payload[p:p + vlen], body_end))
-        pos = body_end
-    return frames
+        length, crc = HEADER.unpack(header)
+        payload = f.read(length)
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        pos += HEADER.size + length
+        frames.append(_decode_payload(payload, pos))
+    return frames, pos
+
+
+def decode_frames(data: bytes, start: int = 0) -> list[Frame]:
+    """Every complete, intact frame of ``data`` from ``start``; stops at the first torn or corrupt one."""
+    return read_frames(io.BytesIO(data), start)[0]
 
 
 class Spool:
@@ -69,20 +94,47 @@ class Spool:
         self.path = self.directory / "spool.log"
         self.marker = self.directory / "spool.acked"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self._drop_torn_tail()
         self._acked = self._read_marker()  # this process is the spool's only writer: ack() keeps it
+        self._drop_torn_tail()
 
     def _read_marker(self) -> int:
+        """The marker, checked: past the end of the file it reads as 0 (the file was emptied after it); not
+        on a frame boundary (never written so, but a marker is a plain file) it reads as the boundary before
+        it, so at most one frame is sent again and none is skipped."""
         try:
-            return int(self.marker.read_text() or 0)
+            marker = int(self.marker.read_text() or 0)
         except (OSError, ValueError):
             return 0
+        if marker <= 0 or marker > self.size():
+            return 0
+        return self._boundary_at_or_before(marker)
+
+    def _boundary_at_or_before(self, offset: int) -> int:
+        """Hop from frame header to frame header (reading 8 bytes per frame) up to ``offset``."""
+        pos = 0
+        with open(self.path, "rb") as f:
+            while pos < offset:
+                f.seek(pos)
+                header = f.read(HEADER.size)
+                if len(header) < HEADER.size:
+                    break
+                (length, _crc) = HEADER.unpack(header)
+                if pos + HEADER.size + length > offset:
+                    break
+                pos += HEADER.size + length
+        return pos
 
     def _drop_torn_tail(self) -> None:
-        data = self.path.read_bytes()
-        frames = decode_frames(data, 0)
-        good = frames[-1].end if frames else 0
-        if good != len(data):
+        """Cut a torn last frame, reading forward from the marker (frames before it are in Kafka), a batch of
+        frames at a time."""
+        size, good = self.size(), self._acked
+        with open(self.path, "rb") as f:
+            while good < size:
+                frames, good_after = read_frames(f, good, 10_000)
+                if not frames:
+                    break
+                good = good_after
+        if good != size:
             os.ftruncate(self._fd, good)
             os.fsync(self._fd)
 
@@ -102,9 +154,9 @@ class Spool:
         os.fsync(self._fd)
 
     def pending(self, limit: int = 500) -> list[Frame]:
+        """The next ``limit`` frames not yet acknowledged, read forward from the marker (their bytes only)."""
         with open(self.path, "rb") as f:
-            data = f.read()
-        return decode_frames(data, self.acked())[:limit]
+            return read_frames(f, self.acked(), limit)[0]
 
     def ack(self, end: int) -> None:
         tmp = self.marker.with_suffix(".tmp")
@@ -118,9 +170,9 @@ class Spool:
     def reset_if_drained(self) -> bool:
         """Empty the file once everything in it was acknowledged (the caller holds off appends)."""
         if self.size() and self.acked() >= self.size():
+            self.ack(0)  # first: a crash before the truncation re-sends, never skips (module doc)
             os.ftruncate(self._fd, 0)
             os.fsync(self._fd)
-            self.ack(0)
             return True
         return False
 

@@ -1,0 +1,121 @@
+"""The spool file: frames in order, read forward from the marker in batches, torn tails cut, and an
+emptying that a crash can never turn into skipped frames."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from streams.ingest import spool as S
+from streams.ingest.spool import Spool, encode_frame, read_frames
+
+
+class CountingReader(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.read_bytes = 0
+
+    def read(self, n: int | None = -1) -> bytes:  # type: ignore[override]
+        out = super().read(n)
+        self.read_bytes += len(out)
+        return out
+
+
+def fill(spool: Spool, n: int, size: int = 100) -> list[bytes]:
+    values = [f"{i:06d}".encode() * (size // 6) for i in range(n)]
+    for v in values:
+        spool.append("t", b"k", v)
+    return values
+
+
+def drain(spool: Spool, batch: int) -> list[bytes]:
+    got: list[bytes] = []
+    while spool.pending_bytes():
+        frames = spool.pending(batch)
+        assert frames, "pending bytes but no frame"
+        for f in frames:
+            got.append(f.value)
+            spool.ack(f.end)
+    return got
+
+
+def test_a_batch_reads_only_its_own_frames() -> None:
+    frames = [encode_frame("t", b"k", bytes([i]) * 1000) for i in range(200)]
+    data = b"".join(frames)
+    start = sum(len(f) for f in frames[:150])
+    reader = CountingReader(data)
+    got, end = read_frames(reader, start, 10)
+    assert [f.value[0] for f in got] == list(range(150, 160))
+    assert end == start + sum(len(f) for f in frames[150:160]) == got[-1].end
+    assert reader.read_bytes == end - start  # not the 150 frames before the marker, not the 40 after the batch
+
+
+def test_draining_in_batches_gives_every_frame_once_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    values = fill(spool, 1234)
+    assert drain(spool, 500) == values
+    assert spool.reset_if_drained() and spool.size() == 0 and spool.acked() == 0
+    more = fill(spool, 3)
+    assert drain(spool, 500) == more
+    spool.close()
+
+
+def test_a_torn_last_frame_is_cut_on_open(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    values = fill(spool, 5)
+    spool.ack(spool.pending(2)[-1].end)
+    spool.close()
+    with open(tmp_path / "spool.log", "ab") as f:
+        f.write(encode_frame("t", b"k", b"half written")[:-3])
+    reopened = Spool(tmp_path)
+    assert [f.value for f in reopened.pending()] == values[2:]
+    reopened.append("t", b"k", b"after")
+    assert [f.value for f in reopened.pending()][-1] == b"after"
+    reopened.close()
+
+
+def test_a_crash_while_emptying_resends_and_never_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path)
+    values = fill(spool, 4)
+    drain(spool, 500)
+
+    def crash(fd: int, length: int) -> None:
+        raise OSError("killed before the truncation")
+
+    monkeypatch.setattr(S.os, "ftruncate", crash)
+    with pytest.raises(OSError):
+        spool.reset_if_drained()
+    monkeypatch.undo()
+    spool.close()
+    restarted = Spool(tmp_path)  # the marker went back to 0 first: everything is offered again
+    assert [f.value for f in restarted.pending()] == values
+    restarted.close()
+
+
+def test_a_marker_past_the_end_reads_as_zero(tmp_path: Path) -> None:
+    """A spool emptied in the old order (truncate, then crash before the marker): frames appended after the
+    restart must not hide behind the stale marker."""
+    spool = Spool(tmp_path)
+    fill(spool, 3)
+    spool.close()
+    (tmp_path / "spool.acked").write_text(str(os.path.getsize(tmp_path / "spool.log")))
+    os.truncate(tmp_path / "spool.log", 0)
+    restarted = Spool(tmp_path)
+    assert restarted.acked() == 0
+    restarted.append("t", None, b"new")
+    assert [f.value for f in restarted.pending()] == [b"new"]
+    restarted.close()
+
+
+def test_a_marker_inside_a_frame_goes_back_to_its_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    values = fill(spool, 3)
+    second_end = spool.pending()[1].end
+    spool.close()
+    (tmp_path / "spool.acked").write_text(str(second_end - 5))  # inside the second frame
+    restarted = Spool(tmp_path)
+    assert [f.value for f in restarted.pending()] == values[1:]  # the second again, the third: nothing skipped
+    restarted.close()
