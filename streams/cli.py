@@ -158,11 +158,11 @@ def ingest(settings: config.Settings,
            allow_anonymous: Annotated[bool, typer.Option(
                "--allow-anonymous", help="listen on a non-loopback address with no credential")] = False) -> None:
     """Run the HTTP ingest service: POST /webhooks/enablex or /webhooks/enablex/{token} -> the Avro event log."""
-    from streams.ingest.service import AnonymousRefused, run
+    from streams.ingest.service import StartRefused, run
 
     try:
         code = run(settings, allow_anonymous=allow_anonymous)
-    except AnonymousRefused as exc:
+    except StartRefused as exc:
         fail(str(exc), code=2)
     raise typer.Exit(code)
 

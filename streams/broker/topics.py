@@ -1,7 +1,9 @@
 """Provisioning of the contract topics, run by every role at startup.
 
 The contract (design.md, "Kafka topics") fixes what each topic keeps: the webhook log, dead letters and
-alerts are kept forever (``retention.ms=-1``), the session snapshots are compacted. Provisioning is
+alerts are kept forever (``retention.ms=-1``), the session snapshots are compacted; the webhook log and the
+dead-letter topic take records of up to ``max.message.bytes`` (:mod:`streams.broker.limits`: a webhook's
+record is its raw body and the parsed fields again). Provisioning is
 idempotent: a topic that exists with the contract's configuration is left alone; one whose
 configuration contradicts the contract (a finite retention on the event log, a sessions topic that is
 not compacted, another partition count) is reported with what to do, never silently used, because the
@@ -17,15 +19,19 @@ from collections.abc import Mapping
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.config import Settings
 
 KEPT_FOREVER = {"retention.ms": "-1", "cleanup.policy": "delete"}
 COMPACTED = {"cleanup.policy": "compact"}
+SIZED = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+# Configs where an existing topic may hold more than the contract asks (a larger record limit is fine).
+AT_LEAST = frozenset({"max.message.bytes"})
 
 # The contract topics by short name; Settings.topic() adds the prefix and the version suffix.
 CONTRACT_CONFIGS: Mapping[str, Mapping[str, str]] = {
-    "webhooks": KEPT_FOREVER,
-    "deadletter": KEPT_FOREVER,
+    "webhooks": {**KEPT_FOREVER, **SIZED},
+    "deadletter": {**KEPT_FOREVER, **SIZED},
     "sessions": COMPACTED,
     "alerts": KEPT_FOREVER,
     "reconcile": KEPT_FOREVER,  # the reconciler's findings; the processor consumes them beside the log
@@ -65,9 +71,19 @@ def contradictions(spec: TopicSpec, partitions: int, configs: Mapping[str, str])
                         f"(ENX_PARTITIONS); the state tables' changelogs must match the source topic")
     for key, want in spec.configs.items():
         have = configs.get(key)
+        if key in AT_LEAST and _at_least(have, want):
+            continue
         if have != want:
-            problems.append(f"has {key}={have}, the contract needs {key}={want}")
+            need = f"at least {want}" if key in AT_LEAST else want
+            problems.append(f"has {key}={have}, the contract needs {key}={need}")
     return problems
+
+
+def _at_least(have: str | None, want: str) -> bool:
+    try:
+        return have is not None and int(have) >= int(want)
+    except ValueError:
+        return False
 
 
 async def _existing(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
@@ -146,7 +162,8 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int
         if problems:
             raise TopicConflict(
                 "existing topics contradict the contract, so they are not used:\n  - " + "\n  - ".join(problems)
-                + "\nAlter them (kafka-configs.sh --alter) or use another ENX_TOPIC_PREFIX; "
+                + "\nAlter them (kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics "
+                  "--entity-name <topic> --add-config <key>=<value>) or use another ENX_TOPIC_PREFIX; "
                   "never shorten the retention of the event log.")
         return report
     finally:

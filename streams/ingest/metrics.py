@@ -22,6 +22,9 @@ class IngestMetrics:
                                  registry=self.registry)
         self.durable_by = Counter("enx_ingest_durable_total", "Records made durable, by where", ["where"],
                                   registry=self.registry)
+        self.quarantined = Counter("enx_ingest_spool_quarantined_total",
+                                   "Spool frames Kafka refused for good, moved to the spool's quarantine/",
+                                   registry=self.registry)
         self.produce_latency = Histogram("enx_ingest_produce_seconds", "Time to make a record durable",
                                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
                                          registry=self.registry)

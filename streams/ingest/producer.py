@@ -8,25 +8,44 @@ else happens, so none of its buffered records can reach Kafka later, and the rec
 record is therefore never both buffered and spooled; the one exception is a batch already on the wire when
 the broker died after writing it but before answering, which can appear twice with the same ``event_id``
 (every projection deduplicates by it).
+
+An error that no retry can fix (:func:`streams.ingest.failures.permanent`: a record too large, an invalid
+record, a refused authorisation, an unknown topic) is the failure of that one record, never "Kafka is
+away": :meth:`DurableProducer.deliver` raises :class:`RecordRefused` and nothing is acknowledged. A spool
+frame that fails so on replay is moved aside (a quarantine file holding it whole, and a dead letter
+naming that file and the reason), and the replay goes on with the frames behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from streams.broker.limits import MAX_MESSAGE_BYTES
+from streams.ingest.failures import permanent
 from streams.ingest.metrics import IngestMetrics
-from streams.ingest.spool import Spool
+from streams.ingest.spool import Frame, Spool, encode_frame
 
 log = logging.getLogger("streams.ingest")
 REQUEST_TIMEOUT_MS = 4000
 SEND_TIMEOUT_S = 5.0
 RETRY_S = 1.0
+
+
+class RecordRefused(Exception):
+    """Kafka refused this record for good (``reason`` from :mod:`streams.ingest.failures`); not an outage."""
+
+    def __init__(self, reason: str, error: BaseException) -> None:
+        super().__init__(f"{reason}: {error!r}")
+        self.reason = reason
+        self.error = error
 
 
 async def _abandon(producer: AIOKafkaProducer) -> None:
@@ -50,9 +69,15 @@ async def send_acked(producer: AIOKafkaProducer, topic: str, value: bytes, key: 
 
 
 class DurableProducer:
-    def __init__(self, bootstrap: str, spool_dir: Path, metrics: IngestMetrics) -> None:
+    def __init__(self, bootstrap: str, spool_dir: Path, metrics: IngestMetrics,
+                 dead_letter: Callable[[str, str], bytes] | None = None, dead_letter_topic: str = "") -> None:
+        """``dead_letter(reason, quarantine_path)``: the encoded DeadLetter, for ``dead_letter_topic``, saying
+        why a spool frame was moved aside (None: the quarantine file and the log only)."""
         self.bootstrap = bootstrap
         self.spool = Spool(spool_dir)
+        self.quarantine_dir = Path(spool_dir) / "quarantine"
+        self.dead_letter = dead_letter
+        self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
         self.producer: AIOKafkaProducer | None = None
         self.kafka_ok = False
@@ -69,7 +94,8 @@ class DurableProducer:
         if self.producer is not None:
             return True
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                    request_timeout_ms=REQUEST_TIMEOUT_MS, linger_ms=2)
+                                    request_timeout_ms=REQUEST_TIMEOUT_MS, linger_ms=2,
+                                    max_request_size=MAX_MESSAGE_BYTES)
         try:
             await producer.start()
         except (KafkaError, OSError) as exc:
@@ -89,7 +115,9 @@ class DurableProducer:
                 pass
 
     async def deliver(self, topic: str, key: bytes | None, value: bytes) -> str:
-        """Make one record durable; returns ``"kafka"`` or ``"spool"``. Raises only if both fail."""
+        """Make one record durable; returns ``"kafka"`` or ``"spool"``. Raises :class:`RecordRefused` when
+        Kafka refuses this record for good (nothing stored), anything else only if both Kafka and the spool
+        fail."""
         started = time.perf_counter()
         try:
             async with self._lock:
@@ -101,6 +129,10 @@ class DurableProducer:
                     self.metrics.durable_by.labels("kafka").inc()
                     return "kafka"
                 except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                    reason = permanent(exc)
+                    if reason is not None:
+                        log.error("Kafka refused a record for %s (%r): answered as an error, not stored", topic, exc)
+                        raise RecordRefused(reason, exc) from exc
                     log.warning("Kafka did not acknowledge (%r); spooling until it is back", exc)
                     if self.producer is producer:
                         await self._drop_producer()
@@ -123,9 +155,12 @@ class DurableProducer:
                 try:
                     await send_acked(self.producer, frame.topic, frame.value, frame.key)  # type: ignore[arg-type]
                 except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-                    log.warning("replaying the spool failed (%s); retrying", exc)
-                    await self._drop_producer()
-                    return
+                    reason = permanent(exc)
+                    if reason is None:
+                        log.warning("replaying the spool failed (%s); retrying", exc)
+                        await self._drop_producer()
+                        return
+                    await self._quarantine(frame, reason, exc)
                 await asyncio.to_thread(self.spool.ack, frame.end)
                 self.metrics.spool_depth.set(self.spool.pending_bytes())
         async with self._lock:
@@ -134,6 +169,21 @@ class DurableProducer:
                 if not self.kafka_ok:
                     log.info("Kafka at %s is reachable; the spool is drained", self.bootstrap)
                 self.kafka_ok = True
+
+    async def _quarantine(self, frame: Frame, reason: str, exc: BaseException) -> None:
+        """Move a frame Kafka refuses for good out of the way: fsynced whole into ``quarantine/`` (a spool file
+        of one frame), then a dead letter naming it; the caller acknowledges it so the frames behind it go on."""
+        path = self.quarantine_dir / f"{int(time.time() * 1000)}-{frame.end}-{reason}.spool"
+        await asyncio.to_thread(_write_durably, path, encode_frame(frame.topic, frame.key, frame.value))
+        log.error("spool frame for %s refused by Kafka for good (%r): moved to %s", frame.topic, exc, path)
+        if self.dead_letter is not None and self.dead_letter_topic:
+            letter = self.dead_letter(f"spool_undeliverable: {reason}: {exc!r}", str(path))
+            try:
+                await send_acked(self.producer, self.dead_letter_topic, letter, None)  # type: ignore[arg-type]
+            except (KafkaError, OSError, asyncio.TimeoutError) as letter_exc:
+                log.warning("the dead letter for %s was not written (%r); the quarantine file keeps the record",
+                            path, letter_exc)
+        self.metrics.quarantined.inc()
 
     async def _replay_forever(self) -> None:
         while not self._closing:
@@ -160,3 +210,18 @@ class DurableProducer:
             except asyncio.TimeoutError:
                 await _abandon(self.producer)  # every 202 is already durable: nothing is lost
         self.spool.close()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

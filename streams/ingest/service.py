@@ -5,7 +5,9 @@ durable; 400 with a dead-letter id for a body that cannot be an EnableX event (i
 dead-letter topic); 401 (``WWW-Authenticate: Basic``) for missing or wrong
 credentials, Basic or path token (streams/ingest/auth.py; nothing stored); 403 for an app_id outside
 ENX_ALLOWED_APP_IDS (dead-lettered); 413 for
-a body over the limit, decided from Content-Length or while reading, before the whole body is in memory.
+a body over the limit, decided from Content-Length or while reading, before the whole body is in memory, and
+for a body whose record (raw body plus parsed fields) would not fit the log (streams/broker/limits.py);
+500 when Kafka refuses a record for good (authorisation, unknown topic: nothing is stored).
 ``/healthz``, ``/readyz``, ``/metrics``. No access log: the token is part of the path.
 """
 
@@ -21,12 +23,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.avro import default_codec
+from streams.broker import limits
 from streams.config import Settings, split_list
 from streams.events import Rejection, normalise, session_key
 from streams.ingest.auth import (REALM, Credentials, authorised, is_loopback, kept_headers, source_address,
                                  trusted_networks)
 from streams.ingest.metrics import IngestMetrics
-from streams.ingest.producer import DurableProducer
+from streams.ingest.producer import DurableProducer, RecordRefused
 
 log = logging.getLogger("streams.ingest")
 CHUNK = 64 * 1024
@@ -77,14 +80,49 @@ async def webhook(request: web.Request) -> web.Response:
     except Rejection as rejection:
         letter = {"id": uuid.uuid4().hex, "received_at": received_at, "reason": rejection.reason, "raw": body,
                   "headers": kept_headers(request.headers, source), "source": source}
-        await producer.deliver(settings.topic("deadletter"), None, codec.encode("DeadLetter", letter))
+        value = codec.encode("DeadLetter", letter)
+        if not limits.fits(None, value):  # only with headers beyond LETTER_ROOM_BYTES: the body limit is checked
+            return too_large_record(metrics, limits.record_bytes(None, value))
+        refused = await deliver(producer, metrics, settings.topic("deadletter"), None, value)
+        if refused is not None:
+            return refused
         metrics.rejected.labels(rejection.code).inc()
         return web.json_response({"error": rejection.reason, "deadletter_id": letter["id"]},
                                  status=403 if rejection.code == "app_id_not_allowed" else 400)
     value = codec.encode("WebhookEvent", event)
-    await producer.deliver(settings.topic("webhooks"), session_key(event).encode(), value)
+    key = session_key(event).encode()
+    if not limits.fits(key, value):
+        return too_large_record(metrics, limits.record_bytes(key, value))
+    refused = await deliver(producer, metrics, settings.topic("webhooks"), key, value)
+    if refused is not None:
+        return refused
     metrics.accepted.labels(metrics.type_label(event["type"])).inc()
     return web.json_response({"event_id": event["event_id"], "status": "accepted"}, status=202)
+
+
+def too_large_record(metrics: IngestMetrics, size: int) -> web.Response:
+    """413 for a body under the body limit whose record would not fit the log: nothing is stored."""
+    metrics.rejected.labels("record_too_large").inc()
+    return web.json_response(
+        {"error": f"the event's record would be {size} bytes (the raw body and its parsed fields), over the log's "
+                  f"limit of {limits.MAX_MESSAGE_BYTES} bytes; nothing was stored: send a smaller body"},
+        status=413, headers={"Connection": "close"})
+
+
+async def deliver(producer: DurableProducer, metrics: IngestMetrics, topic: str, key: bytes | None,
+                  value: bytes) -> web.Response | None:
+    """Make the record durable; None when it is, else the error response (Kafka refused it for good)."""
+    try:
+        await producer.deliver(topic, key, value)
+        return None
+    except RecordRefused as refused:
+        if refused.reason == "record_too_large":
+            return too_large_record(metrics, limits.record_bytes(key, value))
+        metrics.rejected.labels(refused.reason).inc()
+        return web.json_response({"error": f"Kafka refused the record for good ({refused.reason}); nothing was "
+                                           f"stored. The operator must check the topic {topic} and ingest's "
+                                           f"access to it; sending again will fail the same way until then"},
+                                 status=500)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -127,7 +165,17 @@ def create_app(settings: Settings) -> web.Application:
     app[TRUSTED] = trusted_networks(settings)
     app[ALLOWED] = frozenset(split_list(settings.allowed_app_ids)) or None
     app[METRICS] = IngestMetrics()
-    app[PRODUCER] = DurableProducer(settings.kafka_bootstrap, settings.data_dir / "spool", app[METRICS])
+    problem = limits.body_limit_problem(settings.max_body_bytes)
+    if problem:
+        raise StartRefused(problem)
+
+    def quarantine_letter(reason: str, path: str) -> bytes:
+        return default_codec().encode("DeadLetter", {
+            "id": f"spool-{uuid.uuid4().hex}", "received_at": int(time.time() * 1000), "reason": reason, "raw": b"",
+            "headers": {"x-enx-quarantine-file": path}, "source": "ingest-spool"})
+
+    app[PRODUCER] = DurableProducer(settings.kafka_bootstrap, settings.data_dir / "spool", app[METRICS],
+                                    dead_letter=quarantine_letter, dead_letter_topic=settings.topic("deadletter"))
     app.router.add_post("/webhooks/enablex", webhook)
     app.router.add_post("/webhooks/enablex/{token}", webhook)
     app.router.add_get("/healthz", healthz)
@@ -149,7 +197,11 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-class AnonymousRefused(RuntimeError):
+class StartRefused(RuntimeError):
+    """Ingest cannot start with these settings; the message says what to change."""
+
+
+class AnonymousRefused(StartRefused):
     """Ingest would listen beyond this machine with no credential configured."""
 
 
