@@ -1,9 +1,12 @@
 """End to end: `enx-streams dev` as a user runs it, webhooks of both shapes and every type posted to it,
 results read back with `enx-streams sql --format JSONEachRow`; Ctrl-C (SIGTERM) stops everything in 30 s
-and a second `dev` on the same data directory resumes with all data."""
+and a second `dev` on the same data directory resumes with all data. With EnableX's Server API credentials
+(the local stand-in, tests/enablex_api.py), `dev` runs the reconciler too: a session whose `transcoded`
+webhook never came but whose composite the archive lists is `met`, from the archive, with no page."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -11,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ import pytest
 
 from streams import config
 from streams.broker.local import free_port
+from tests.enablex_api import FakeEnableX
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = int(time.time())
@@ -198,3 +203,106 @@ def test_dev_end_to_end(dev: Dev) -> None:
     again_rows = dev.sql("SELECT count() AS n FROM enablex.webhook_events FINAL")
     assert int(again_rows[0]["n"]) == len(BODIES)
     assert dev.stop() < 30
+
+
+# -- the reconciler in dev: a lost `transcoded` webhook, rescued from the archive ------------------------
+
+RECONCILE_APP = "e2e-reconcile-app"
+SLA_S = 45 * 60  # ENX_TRANSCODE_SLA_MINUTES left at its default
+GRACE_S = 120  # ENX_RECONCILE_GRACE_S: the archive's composite below is older than this when it is read
+INTERVAL_S = 2  # ENX_RECONCILE_INTERVAL_S
+
+
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def test_dev_reconciles_a_lost_transcoded_webhook(dev: Dev) -> None:
+    app_key = f"e2e-secret-{uuid.uuid4().hex}"  # unique: any trace of it in a log is a leak
+    conf = "lost-transcoded"
+    with FakeEnableX(RECONCILE_APP, app_key) as enablex:
+        dev.env.update(ENX_ENABLEX_APP_ID=RECONCILE_APP, ENX_ENABLEX_APP_KEY=app_key,
+                       ENX_ENABLEX_API_URL=enablex.url, ENX_RECONCILE_INTERVAL_S=str(INTERVAL_S),
+                       ENX_RECONCILE_GRACE_S=str(GRACE_S))
+        proc = dev.start()
+        out = _poll("the banner", lambda: _when(dev.out.read_text(), lambda t: "dev is up" in t), 30, proc, dev.out)
+        assert f"reconciler: a pass every {INTERVAL_S} s against {enablex.url}" in out, out
+        _poll("a reconciler pass against the stand-in", lambda: enablex.requests, 60, proc, dev.out)
+
+        # The session ended 15 minutes ago: its deadline is 30 minutes ahead. Its roomdrop and recording
+        # webhooks arrive; its transcoded webhook never does.
+        ended = int(time.time()) - 900
+        deadline_ms = (ended + SLA_S) * 1000
+        composite_at = ended + 600  # EnableX made the composite 10 minutes after the end: on time
+        composite = f"https://enablex.example/{conf}/composite.mp4"
+        for body in ({"type": "roomdrop", "trans_date": ended, "app_id": RECONCILE_APP, "room_id": "room-r",
+                      "conf_num": conf},
+                     {"type": "recording", "trans_date": ended + 60, "app_id": RECONCILE_APP, "room_id": "room-r",
+                      "conf_num": conf, "recording": [{"url": f"https://enablex.example/{conf}/a.mkv"}]}):
+            status, answer = _post(dev.url + "/webhooks/enablex", json.dumps(body).encode())
+            assert status == 202, answer
+        _poll("both webhooks in ClickHouse",
+              lambda: _when(dev.sql(f"SELECT type FROM enablex.webhook_events FINAL WHERE conf_num = '{conf}'"),
+                            lambda rows: {r["type"] for r in rows} == {"roomdrop", "recording"}),
+              120, proc, dev.out)
+
+        # Only now does EnableX's archive list the session (with its CDR). The reconciler's first passes ran
+        # before ingest took any webhook: had they read this archive then, they would rightly have reported
+        # the roomdrop and the recording missing too, which is another story. Everything listed is older than
+        # the grace, so the next pass reports exactly what the log lacks: the composite.
+        enablex.cdr.append({"trans_date": _utc(ended), "conf_num": conf, "app_id": RECONCILE_APP,
+                            "cdr_id": f"cdr-{conf}", "room": {"room_id": "room-r", "connect_dt": _utc(ended - 1800),
+                                                              "disconnect_dt": _utc(ended), "duration": 1800},
+                            "user": {"role": "moderator"}, "usage": {}})
+        enablex.archive.append({"_id": f"arch-{conf}", "trans_date": _utc(composite_at), "conf_num": conf,
+                                "app_id": RECONCILE_APP, "room_id": "room-r",
+                                "recording": [{"url": f"https://enablex.example/{conf}/a.mkv"}],
+                                "transcoded": [{"url": composite}], "chatdata": [],
+                                "metadata": f"https://enablex.example/{conf}/meta.json"})
+        assert composite_at + GRACE_S < time.time(), "the composite must be older than the grace when read"
+
+        session = _poll("the session met from the archive",
+                        lambda: _when(dev.sql(
+                            "SELECT sla_state, reconciled, transcode_latency_s, "
+                            "toUnixTimestamp64Milli(sla_deadline) AS deadline, "
+                            "toUnixTimestamp64Milli(transcoded_at) AS transcoded FROM enablex.sessions FINAL "
+                            f"WHERE app_id = '{RECONCILE_APP}' AND conf_num = '{conf}'"),
+                            lambda rows: len(rows) == 1 and rows[0]["sla_state"] == "met"
+                            and "transcoded" in rows[0]["reconciled"]),
+                        120, proc, dev.out)[0]
+        assert session["reconciled"] == ["transcoded"]  # the roomdrop and the recording came as webhooks
+        assert int(session["deadline"]) == deadline_ms
+        assert int(session["transcoded"]) == composite_at * 1000 and float(session["transcode_latency_s"]) == 600.0
+
+        findings = _poll("the finding in ClickHouse",
+                         lambda: dev.sql("SELECT kind, missing_type, source, urls, archive_id, "
+                                         "toUnixTimestamp64Milli(found_at) AS found FROM enablex.reconcile_findings "
+                                         f"FINAL WHERE app_id = '{RECONCILE_APP}' AND conf_num = '{conf}'"),
+                         60, proc, dev.out)
+        assert [{k: v for k, v in f.items() if k != "found"} for f in findings] == [
+            {"kind": "webhook_missing", "missing_type": "transcoded", "source": "archive", "urls": [composite],
+             "archive_id": f"arch-{conf}"}]
+        # genuinely met: the deadline was still ahead when the archive told us, so nothing was ever due
+        assert int(findings[0]["found"]) < deadline_ms
+
+        files = _poll("the composite in session_files",
+                      lambda: _when(dev.sql("SELECT kind, url, source FROM enablex.session_files FINAL "
+                                            f"WHERE conf_num = '{conf}' ORDER BY url"),
+                                    lambda rows: any(r["url"] == composite for r in rows)),
+                      60, proc, dev.out)
+        assert {(f["kind"], f["url"], f["source"]) for f in files} == {
+            ("recording", f"https://enablex.example/{conf}/a.mkv", "webhook"),
+            ("transcoded", composite, "reconcile")}
+        assert dev.sql(f"SELECT alert_id, kind FROM enablex.sla_alerts FINAL WHERE conf_num = '{conf}'") == []
+        assert all(h.startswith("Basic ") for h in enablex.auth_headers)
+
+        took = dev.stop()
+        assert took < 30 and proc.returncode == 0, dev.out.read_text()[-3000:]
+
+    logs = [dev.out, *sorted((dev.data_dir / "logs").glob("*.log")), dev.data_dir / "kafka" / "broker.log"]
+    worker_log = (dev.data_dir / "logs" / "worker.log").read_text(errors="replace")
+    assert "1 new findings (webhook_missing 1, session_unknown 0)" in worker_log, worker_log[-3000:]
+    basic = base64.b64encode(f"{RECONCILE_APP}:{app_key}".encode()).decode()  # the header's form of it
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert app_key not in text and basic not in text, f"the app key is in {path}"
