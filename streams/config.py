@@ -144,6 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest_port", _positive_int, "port the ingest service listens on"),
     Setting("max_body_bytes", _positive_int, "largest webhook body accepted, in bytes"),
     Setting("cache_dir", lambda s: Path(s).expanduser(), "where the Kafka broker jars are cached"),
+    Setting("spool_max_bytes", _positive_int, "largest the ingest spool may grow while Kafka is unreachable, in "
+            "bytes; then 503 with Retry-After"),
+    Setting("spool_min_free_bytes", _positive_int, "free disk space the ingest spool always leaves, in bytes"),
     Setting("enablex_app_id", str, "EnableX APP_ID for the reconciler's Server API calls (HTTP Basic user)",
             secret=True),
     Setting("enablex_app_key", str, "EnableX APP_KEY for the reconciler's Server API calls (HTTP Basic password)",
@@ -174,6 +177,8 @@ class Settings:
     ingest_port: int = 8080
     max_body_bytes: int = 1024 * 1024
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
+    spool_max_bytes: int = 1024 ** 3
+    spool_min_free_bytes: int = 256 * 1024 ** 2
     enablex_app_id: Secret | None = None
     enablex_app_key: Secret | None = None
     enablex_api_url: str = "https://api.enablex.io/video/v2/"

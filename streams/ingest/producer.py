@@ -9,6 +9,10 @@ record is therefore never both buffered and spooled; the one exception is a batc
 the broker died after writing it but before answering, which can appear twice with the same ``event_id``
 (every projection deduplicates by it).
 
+While Kafka is unreachable the spool grows up to ``ENX_SPOOL_MAX_BYTES`` and never past
+``ENX_SPOOL_MIN_FREE_BYTES`` of free disk; beyond, :meth:`DurableProducer.deliver` raises
+:class:`SpoolFull` (ingest answers 503 with ``Retry-After``) and stores nothing.
+
 An error that no retry can fix (:func:`streams.ingest.failures.permanent`: a record too large, an invalid
 record, a refused authorisation, an unknown topic) is the failure of that one record, never "Kafka is
 away": :meth:`DurableProducer.deliver` raises :class:`RecordRefused` and nothing is acknowledged. A spool
@@ -37,6 +41,10 @@ log = logging.getLogger("streams.ingest")
 REQUEST_TIMEOUT_MS = 4000
 SEND_TIMEOUT_S = 5.0
 RETRY_S = 1.0
+
+
+class SpoolFull(Exception):
+    """Kafka is unreachable and the spool has no room for this record: nothing was stored."""
 
 
 class RecordRefused(Exception):
@@ -70,7 +78,8 @@ async def send_acked(producer: AIOKafkaProducer, topic: str, value: bytes, key: 
 
 class DurableProducer:
     def __init__(self, bootstrap: str, spool_dir: Path, metrics: IngestMetrics,
-                 dead_letter: Callable[[str, str], bytes] | None = None, dead_letter_topic: str = "") -> None:
+                 dead_letter: Callable[[str, str], bytes] | None = None, dead_letter_topic: str = "",
+                 spool_max_bytes: int = 1024 ** 3, spool_min_free_bytes: int = 256 * 1024 ** 2) -> None:
         """``dead_letter(reason, quarantine_path)``: the encoded DeadLetter, for ``dead_letter_topic``, saying
         why a spool frame was moved aside (None: the quarantine file and the log only)."""
         self.bootstrap = bootstrap
@@ -78,6 +87,8 @@ class DurableProducer:
         self.quarantine_dir = Path(spool_dir) / "quarantine"
         self.dead_letter = dead_letter
         self.dead_letter_topic = dead_letter_topic
+        self.spool_max_bytes = spool_max_bytes
+        self.spool_min_free_bytes = spool_min_free_bytes
         self.metrics = metrics
         self.producer: AIOKafkaProducer | None = None
         self.kafka_ok = False
@@ -137,12 +148,20 @@ class DurableProducer:
                     if self.producer is producer:
                         await self._drop_producer()
             async with self._lock:
+                if not self.spool_has_room(len(value) + len(key or b"") + len(topic)):
+                    raise SpoolFull(f"Kafka at {self.bootstrap} is unreachable and the spool is full "
+                                    f"({self.spool.size()} bytes; ENX_SPOOL_MAX_BYTES {self.spool_max_bytes}, "
+                                    f"ENX_SPOOL_MIN_FREE_BYTES {self.spool_min_free_bytes} free on disk)")
                 await asyncio.to_thread(self.spool.append, topic, key, value)
             self.metrics.durable_by.labels("spool").inc()
             self.metrics.spool_depth.set(self.spool.pending_bytes())
             return "spool"
         finally:
             self.metrics.produce_latency.observe(time.perf_counter() - started)
+
+    def spool_has_room(self, nbytes: int = 64 * 1024) -> bool:
+        """Whether the spool can take a record of ``nbytes`` (by default: a typical webhook's, for /readyz)."""
+        return self.spool.writable() and self.spool.room_for(nbytes, self.spool_max_bytes, self.spool_min_free_bytes)
 
     async def _replay_once(self) -> None:
         if not await self._connect():

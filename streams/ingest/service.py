@@ -7,7 +7,8 @@ credentials, Basic or path token (streams/ingest/auth.py; nothing stored); 403 f
 ENX_ALLOWED_APP_IDS (dead-lettered); 413 for
 a body over the limit, decided from Content-Length or while reading, before the whole body is in memory, and
 for a body whose record (raw body plus parsed fields) would not fit the log (streams/broker/limits.py);
-500 when Kafka refuses a record for good (authorisation, unknown topic: nothing is stored).
+500 when Kafka refuses a record for good (authorisation, unknown topic: nothing is stored); 503 with
+``Retry-After`` when Kafka is unreachable and the spool is full (nothing is stored).
 ``/healthz``, ``/readyz``, ``/metrics``. No access log: the token is part of the path.
 """
 
@@ -29,10 +30,11 @@ from streams.events import Rejection, normalise, session_key
 from streams.ingest.auth import (REALM, Credentials, authorised, is_loopback, kept_headers, source_address,
                                  trusted_networks)
 from streams.ingest.metrics import IngestMetrics
-from streams.ingest.producer import DurableProducer, RecordRefused
+from streams.ingest.producer import DurableProducer, RecordRefused, SpoolFull
 
 log = logging.getLogger("streams.ingest")
 CHUNK = 64 * 1024
+RETRY_AFTER_S = 30  # what a 503 asks a client to wait: the spool drains once Kafka is back
 PRODUCER = web.AppKey("producer", DurableProducer)
 METRICS = web.AppKey("metrics", IngestMetrics)
 SETTINGS = web.AppKey("settings", Settings)
@@ -115,6 +117,10 @@ async def deliver(producer: DurableProducer, metrics: IngestMetrics, topic: str,
     try:
         await producer.deliver(topic, key, value)
         return None
+    except SpoolFull as full:
+        metrics.rejected.labels("spool_full").inc()
+        return web.json_response({"error": f"{full}; nothing was stored: send again later"}, status=503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
     except RecordRefused as refused:
         if refused.reason == "record_too_large":
             return too_large_record(metrics, limits.record_bytes(key, value))
@@ -131,7 +137,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     producer = request.app[PRODUCER]
-    kafka, spool = producer.kafka_ok, producer.spool.writable()
+    kafka, spool = producer.kafka_ok, producer.spool_has_room()
     ready_by = "kafka" if kafka else ("spool" if spool else None)
     body = {"ready": ready_by is not None, "kafka": kafka, "spool_writable": spool, "ready_by": ready_by,
             "spool_bytes": producer.spool.pending_bytes()}
@@ -175,7 +181,9 @@ def create_app(settings: Settings) -> web.Application:
             "headers": {"x-enx-quarantine-file": path}, "source": "ingest-spool"})
 
     app[PRODUCER] = DurableProducer(settings.kafka_bootstrap, settings.data_dir / "spool", app[METRICS],
-                                    dead_letter=quarantine_letter, dead_letter_topic=settings.topic("deadletter"))
+                                    dead_letter=quarantine_letter, dead_letter_topic=settings.topic("deadletter"),
+                                    spool_max_bytes=settings.spool_max_bytes,
+                                    spool_min_free_bytes=settings.spool_min_free_bytes)
     app.router.add_post("/webhooks/enablex", webhook)
     app.router.add_post("/webhooks/enablex/{token}", webhook)
     app.router.add_get("/healthz", healthz)

@@ -179,5 +179,13 @@ class Spool:
     def writable(self) -> bool:
         return os.access(self.directory, os.W_OK)
 
+    def room_for(self, nbytes: int, max_bytes: int, min_free_bytes: int) -> bool:
+        """Whether a frame of ``nbytes`` may be appended: the file stays within ``max_bytes`` and the disk
+        keeps ``min_free_bytes`` free."""
+        if self.size() + nbytes + HEADER.size > max_bytes:
+            return False
+        stat = os.statvfs(self.directory)
+        return stat.f_bavail * stat.f_frsize - nbytes >= min_free_bytes
+
     def close(self) -> None:
         os.close(self._fd)

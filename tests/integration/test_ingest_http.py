@@ -169,3 +169,57 @@ async def test_ready_from_the_spool_when_kafka_is_unreachable(tmp_path: Path) ->
         assert (tmp_path / "spool" / "spool.log").stat().st_size > 0
     finally:
         await asyncio.wait_for(server.close(), timeout=30)
+
+
+async def test_a_full_spool_answers_503_with_retry_after_and_stores_nothing(tmp_path: Path) -> None:
+    from streams.broker.local import free_port
+    from streams.ingest.spool import Spool
+
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap=f"localhost:{free_port()}", partitions=2,
+                        spool_max_bytes=4000)
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    accepted, answers = [], []
+    try:
+        async with ClientSession() as http:
+            for i in range(40):  # a few hundred bytes each: the 4,000 bytes are reached well before the end
+                body = dict(ACCEPTED[1][0], conf_num=f"full-{i}")
+                async with http.post(server.make_url("/webhooks/enablex"), data=json.dumps(body)) as r:
+                    answers.append(r.status)
+                    if r.status == 202:
+                        accepted.append((await r.json())["event_id"])
+                    else:
+                        assert r.status == 503 and r.headers["Retry-After"] == "30", await r.text()
+                        assert "spool is full" in (await r.json())["error"]
+            async with http.get(server.make_url("/readyz")) as r:
+                ready = await r.json()
+                assert r.status == 503 and ready["ready_by"] is None and ready["kafka"] is False
+    finally:
+        await asyncio.wait_for(server.close(), timeout=30)
+    first_refusal = answers.index(503)
+    assert 0 < first_refusal and set(answers[first_refusal:]) == {503}  # once full, it stays full (no Kafka)
+    spool = Spool(tmp_path / "spool")
+    try:
+        assert spool.size() <= 4000
+        codec = default_codec()
+        assert [codec.decode(f.value)["event_id"] for f in spool.pending(1000)] == accepted  # every 202, no other
+    finally:
+        spool.close()
+
+
+async def test_the_spool_leaves_the_disk_its_free_space(tmp_path: Path) -> None:
+    from streams.broker.local import free_port
+
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap=f"localhost:{free_port()}", partitions=2,
+                        spool_min_free_bytes=2 ** 60)  # more than any disk: the floor is always reached
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as http:
+            async with http.get(server.make_url("/readyz")) as r:
+                assert r.status == 503 and (await r.json())["ready"] is False
+            async with http.post(server.make_url("/webhooks/enablex"), data=json.dumps(ACCEPTED[0][0])) as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "30"
+    finally:
+        await asyncio.wait_for(server.close(), timeout=30)
+    assert (tmp_path / "spool" / "spool.log").stat().st_size == 0
