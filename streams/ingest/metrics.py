@@ -20,6 +20,13 @@ class IngestMetrics:
                                 registry=self.registry)
         self.spool_depth = Gauge("enx_ingest_spool_bytes", "Bytes in the spool not yet acknowledged by Kafka",
                                  registry=self.registry)
+        self.spool_frames = Gauge("enx_ingest_spool_frames", "Records in the spool not yet acknowledged by Kafka",
+                                  registry=self.registry)
+        self.spool_oldest = Gauge("enx_ingest_spool_oldest_seconds",
+                                  "Age of the oldest record in the spool (when ingest received it); 0 when empty",
+                                  registry=self.registry)
+        self.kafka_up = Gauge("enx_ingest_kafka_up", "1 while Kafka acknowledges ingest's records directly, else 0",
+                              registry=self.registry)
         self.durable_by = Counter("enx_ingest_durable_total", "Records made durable, by where", ["where"],
                                   registry=self.registry)
         self.quarantined = Counter("enx_ingest_spool_quarantined_total",

@@ -135,18 +135,43 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
 
+def spool_oldest_s(producer: DurableProducer, now_ms: int) -> float | None:
+    """Seconds since ingest received the oldest record still in the spool (None when the spool is empty)."""
+    frame = producer.spool.oldest()
+    if frame is None:
+        return None
+    try:
+        received_at = int(default_codec().decode(frame.value)["received_at"])
+    except Exception:  # noqa: BLE001 - not a contract record: its age is unknown, the spool is not empty
+        return 0.0
+    return max(0, now_ms - received_at) / 1000
+
+
+def spool_status(request: web.Request) -> dict:
+    """What /readyz says and /metrics exports about Kafka and the spool."""
+    producer, metrics = request.app[PRODUCER], request.app[METRICS]
+    oldest = spool_oldest_s(producer, int(time.time() * 1000))
+    status = {"kafka": producer.kafka_ok, "spool_bytes": producer.spool.pending_bytes(),
+              "spool_frames": producer.spool.pending_frames(), "spool_oldest_s": oldest}
+    metrics.kafka_up.set(1 if producer.kafka_ok else 0)
+    metrics.spool_depth.set(status["spool_bytes"])
+    metrics.spool_frames.set(status["spool_frames"])
+    metrics.spool_oldest.set(oldest or 0)
+    return status
+
+
 async def readyz(request: web.Request) -> web.Response:
-    producer = request.app[PRODUCER]
-    kafka, spool = producer.kafka_ok, producer.spool_has_room()
-    ready_by = "kafka" if kafka else ("spool" if spool else None)
-    body = {"ready": ready_by is not None, "kafka": kafka, "spool_writable": spool, "ready_by": ready_by,
-            "spool_bytes": producer.spool.pending_bytes()}
-    return web.json_response(body, status=200 if ready_by == "kafka" or ready_by == "spool" else 503)
+    """200 while ingest will durably accept: Kafka acknowledges, or the spool has room; the body says which."""
+    status = spool_status(request)
+    spool = request.app[PRODUCER].spool_has_room()
+    ready_by = "kafka" if status["kafka"] else ("spool" if spool else None)
+    body = {"ready": ready_by is not None, "ready_by": ready_by, "spool_writable": spool, **status}
+    return web.json_response(body, status=200 if ready_by is not None else 503)
 
 
 async def metrics_view(request: web.Request) -> web.Response:
+    spool_status(request)
     metrics = request.app[METRICS]
-    metrics.spool_depth.set(request.app[PRODUCER].spool.pending_bytes())
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -95,6 +95,7 @@ class Spool:
         self.marker = self.directory / "spool.acked"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._acked = self._read_marker()  # this process is the spool's only writer: ack() keeps it
+        self._frames = 0  # frames not yet acknowledged: counted by _drop_torn_tail, then kept
         self._drop_torn_tail()
 
     def _read_marker(self) -> int:
@@ -134,6 +135,7 @@ class Spool:
                 if not frames:
                     break
                 good = good_after
+                self._frames += len(frames)
         if good != size:
             os.ftruncate(self._fd, good)
             os.fsync(self._fd)
@@ -149,9 +151,21 @@ class Spool:
     def pending_bytes(self) -> int:
         return max(0, self.size() - self.acked())
 
+    def pending_frames(self) -> int:
+        return self._frames
+
+    def oldest(self) -> Frame | None:
+        """The first frame not yet acknowledged (one frame read from the marker), or None."""
+        if self.pending_bytes() == 0:
+            return None
+        with open(self.path, "rb") as f:
+            frames, _ = read_frames(f, self.acked(), 1)
+        return frames[0] if frames else None
+
     def append(self, topic: str, key: bytes | None, value: bytes) -> None:
         os.write(self._fd, encode_frame(topic, key, value))
         os.fsync(self._fd)
+        self._frames += 1
 
     def pending(self, limit: int = 500) -> list[Frame]:
         """The next ``limit`` frames not yet acknowledged, read forward from the marker (their bytes only)."""
@@ -159,12 +173,14 @@ class Spool:
             return read_frames(f, self.acked(), limit)[0]
 
     def ack(self, end: int) -> None:
+        """The frames up to ``end`` are in Kafka (the replay acknowledges one frame at a time)."""
         tmp = self.marker.with_suffix(".tmp")
         with open(tmp, "w") as f:
             f.write(str(end))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.marker)
+        self._frames = 0 if end == 0 or end >= self.size() else max(0, self._frames - 1)
         self._acked = end
 
     def reset_if_drained(self) -> bool:

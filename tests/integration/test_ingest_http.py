@@ -120,6 +120,7 @@ async def test_every_case(ingest: tuple[Settings, str]) -> None:
             assert r.status == 200 and (await r.json())["ready_by"] == "kafka"
 
     assert 'enx_ingest_accepted_total{type="recording"} 2.0' in metrics
+    assert "enx_ingest_kafka_up 1.0" in metrics and "enx_ingest_spool_frames 0.0" in metrics
     assert 'enx_ingest_accepted_total{type="other"} 1.0' in metrics
     assert 'enx_ingest_rejected_total{reason="unauthorized"} 2.0' in metrics
     assert 'enx_ingest_rejected_total{reason="too_large"} 2.0' in metrics
@@ -164,8 +165,21 @@ async def test_ready_from_the_spool_when_kafka_is_unreachable(tmp_path: Path) ->
             async with http.get(server.make_url("/readyz")) as r:
                 body = await r.json()
             assert r.status == 200 and body["ready_by"] == "spool" and body["kafka"] is False
-            async with http.post(server.make_url("/webhooks/enablex"), data=json.dumps(ACCEPTED[0][0])) as r:
-                assert r.status == 202
+            assert (body["spool_frames"], body["spool_bytes"], body["spool_oldest_s"]) == (0, 0, None)
+            posted = time.time()
+            for i in range(3):
+                async with http.post(server.make_url("/webhooks/enablex"),
+                                     data=json.dumps(dict(ACCEPTED[0][0], conf_num=f"w{i}"))) as r:
+                    assert r.status == 202
+            async with http.get(server.make_url("/readyz")) as r:
+                body = await r.json()
+            assert r.status == 200 and body["ready_by"] == "spool" and body["spool_frames"] == 3
+            assert 0 <= body["spool_oldest_s"] <= time.time() - posted + 1 and body["spool_bytes"] > 0
+            async with http.get(server.make_url("/metrics")) as r:
+                exported = await r.text()
+            assert "enx_ingest_kafka_up 0.0" in exported and "enx_ingest_spool_frames 3.0" in exported
+            assert f"enx_ingest_spool_bytes {float(body['spool_bytes'])}" in exported
+            assert "enx_ingest_spool_oldest_seconds" in exported
         assert (tmp_path / "spool" / "spool.log").stat().st_size > 0
     finally:
         await asyncio.wait_for(server.close(), timeout=30)

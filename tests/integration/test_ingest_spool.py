@@ -116,12 +116,15 @@ def test_broker_down_then_back_every_event_once(own_broker: LocalKafka, tmp_path
             assert status == 202
             ids.append(answer["event_id"])
         ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ingest.port}/readyz", timeout=5).read())
-        assert ready["ready_by"] == "spool" and ready["spool_bytes"] > 0
+        assert ready["ready_by"] == "spool" and ready["spool_bytes"] > 0 and ready["spool_frames"] == N - N // 2
+        assert ready["spool_oldest_s"] is not None and ready["spool_oldest_s"] >= 0
         own_broker.start()
         found = event_ids_in_log(own_broker.bootstrap, f"{ingest.prefix}webhooks.v1", N)
         assert sorted(found) == sorted(ids), f"lost {set(ids) - set(found)}, log has {len(found)} for {N}"
         poll("the spool drained", lambda: json.loads(urllib.request.urlopen(
             f"http://127.0.0.1:{ingest.port}/readyz", timeout=5).read())["ready_by"] == "kafka", 30, ingest.log)
+        drained = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ingest.port}/readyz", timeout=5).read())
+        assert (drained["spool_frames"], drained["spool_bytes"], drained["spool_oldest_s"]) == (0, 0, None)
         assert ingest.stop() == 0
     finally:
         if ingest.proc and ingest.proc.poll() is None:

@@ -119,3 +119,20 @@ def test_a_marker_inside_a_frame_goes_back_to_its_start(tmp_path: Path) -> None:
     restarted = Spool(tmp_path)
     assert [f.value for f in restarted.pending()] == values[1:]  # the second again, the third: nothing skipped
     restarted.close()
+
+
+def test_frames_are_counted_across_appends_acks_and_a_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    assert spool.pending_frames() == 0 and spool.oldest() is None
+    values = fill(spool, 5)
+    assert spool.pending_frames() == 5 and spool.oldest().value == values[0]
+    first, second = spool.pending(2)
+    spool.ack(first.end)
+    spool.ack(second.end)
+    assert spool.pending_frames() == 3 and spool.oldest().value == values[2]
+    spool.close()
+    restarted = Spool(tmp_path)
+    assert restarted.pending_frames() == 3
+    drain(restarted, 2)
+    assert restarted.pending_frames() == 0 and restarted.oldest() is None
+    restarted.close()
