@@ -16,8 +16,9 @@ While Kafka is unreachable the spool grows up to ``ENX_SPOOL_MAX_BYTES`` and nev
 An error that no retry can fix (:func:`streams.ingest.failures.permanent`: a record too large, an invalid
 record, a refused authorisation, an unknown topic) is the failure of that one record, never "Kafka is
 away": :meth:`DurableProducer.deliver` raises :class:`RecordRefused` and nothing is acknowledged. A spool
-frame that fails so on replay is moved aside (a quarantine file holding it whole, and a dead letter
-naming that file and the reason), and the replay goes on with the frames behind it.
+frame that fails for itself on replay (too large, invalid) is moved aside (a quarantine file holding it
+whole, and a dead letter naming that file and the reason), and the replay goes on with the frames behind
+it; one refused for its topic or an authorisation is kept, as every frame would be refused alike.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.broker.limits import MAX_MESSAGE_BYTES
-from streams.ingest.failures import permanent
+from streams.ingest.failures import OF_THE_RECORD, permanent
 from streams.ingest.metrics import IngestMetrics
 from streams.ingest.spool import Frame, Spool, encode_frame
 
@@ -175,8 +176,12 @@ class DurableProducer:
                     await send_acked(self.producer, frame.topic, frame.value, frame.key)  # type: ignore[arg-type]
                 except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                     reason = permanent(exc)
-                    if reason is None:
-                        log.warning("replaying the spool failed (%s); retrying", exc)
+                    if reason not in OF_THE_RECORD:
+                        if reason is None:
+                            log.warning("replaying the spool failed (%s); retrying", exc)
+                        else:  # every frame would fail alike: wait for the fix, keep them all
+                            log.error("Kafka refuses ingest's records (%s, %r): fix the topic or ingest's access; "
+                                      "the spool keeps them meanwhile", reason, exc)
                         await self._drop_producer()
                         return
                     await self._quarantine(frame, reason, exc)
