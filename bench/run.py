@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import e2e, ingest_http, processor, state_memory
+from bench import e2e, ingest_http, processor, spool_drain, state_memory
 from bench.common import broker, machine
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +33,8 @@ GOALS = [("ingest_rps", None, ""), ("ingest_p99_ms", 50, "max"), ("bare_http_rps
          ("processor_vs_faust_bare_ratio", None, ""), ("faust_lean_bare_eps", None, ""),
          ("faust_lean_bare_vs_raw_ratio", None, ""), ("processor_vs_faust_lean_bare_ratio", None, ""),
          ("e2e_p99_s", 5, "max"), ("alert_lag_max_s", 30, "max"), ("rebuild_eps", 5000, "min"),
-         ("worker_rss_mb_1m_sessions", None, "")]
+         ("worker_rss_mb_1m_sessions", None, ""), ("spool_drain_small_fps", None, ""),
+         ("spool_drain_large_fps", None, ""), ("spool_drain_time_ratio", 4.5, "max")]
 
 
 def judge(figures: dict[str, object]) -> dict[str, str]:
@@ -74,12 +75,12 @@ def write(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes; the 1M-session memory extrapolated")
-    parser.add_argument("--only", default="ingest,processor,e2e,memory",
-                        help="comma-separated: ingest, processor, e2e (with alert lag and rebuild), memory")
+    parser.add_argument("--only", default="ingest,processor,e2e,memory,spool",
+                        help="comma-separated: ingest, processor, e2e (with alert lag and rebuild), memory, spool")
     args = parser.parse_args()
     chosen = {name.strip() for name in args.only.split(",") if name.strip()}
     figures: dict[str, object] = {}
-    if RESULTS.exists() and chosen != {"ingest", "processor", "e2e", "memory"}:
+    if RESULTS.exists() and chosen != {"ingest", "processor", "e2e", "memory", "spool"}:
         figures = dict(json.loads(RESULTS.read_text()).get("figures", {}))  # keep what was not rerun
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="enx-bench-") as tmp:
@@ -91,7 +92,9 @@ def main() -> None:
                      ("e2e", lambda: e2e.run(kafka.bootstrap, work, events=300 if args.quick else 1000,
                                              rebuild_events=40_000 if args.quick else 200_000)),
                      ("memory", lambda: state_memory.run(kafka.bootstrap, work,
-                                                         sessions=100_000 if args.quick else 1_000_000))]
+                                                         sessions=100_000 if args.quick else 1_000_000)),
+                     ("spool", lambda: spool_drain.run(kafka.bootstrap, work,
+                                                       sizes=(10_000, 40_000) if args.quick else (50_000, 200_000)))]
             for name, step in steps:
                 if name not in chosen:
                     continue

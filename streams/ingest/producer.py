@@ -42,6 +42,7 @@ log = logging.getLogger("streams.ingest")
 REQUEST_TIMEOUT_MS = 4000
 SEND_TIMEOUT_S = 5.0
 RETRY_S = 1.0
+REPLAY_BATCH = 500  # spool frames sent before their acknowledgements are awaited
 
 
 class SpoolFull(Exception):
@@ -165,34 +166,66 @@ class DurableProducer:
         return self.spool.writable() and self.spool.room_for(nbytes, self.spool_max_bytes, self.spool_min_free_bytes)
 
     async def _replay_once(self) -> None:
+        """Hand the spool to Kafka, a batch of frames at a time: the batch is sent pipelined (the idempotent
+        producer keeps its order), the acknowledgements awaited in order, and the marker moved once per run
+        of acknowledged frames. A frame Kafka refuses for itself is moved aside; an outage (or a refusal that
+        would hit every frame) stops the replay where it is, to be retried."""
         if not await self._connect():
             return
         while self.spool.pending_bytes() > 0:
-            frames = await asyncio.to_thread(self.spool.pending)
+            frames = await asyncio.to_thread(self.spool.pending, REPLAY_BATCH)
             if not frames:
                 break
-            for frame in frames:
-                try:
-                    await send_acked(self.producer, frame.topic, frame.value, frame.key)  # type: ignore[arg-type]
-                except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-                    reason = permanent(exc)
-                    if reason not in OF_THE_RECORD:
-                        if reason is None:
-                            log.warning("replaying the spool failed (%s); retrying", exc)
-                        else:  # every frame would fail alike: wait for the fix, keep them all
-                            log.error("Kafka refuses ingest's records (%s, %r): fix the topic or ingest's access; "
-                                      "the spool keeps them meanwhile", reason, exc)
-                        await self._drop_producer()
-                        return
-                    await self._quarantine(frame, reason, exc)
-                await asyncio.to_thread(self.spool.ack, frame.end)
+            done, failure = await self._send_run(frames)
+            if done:
+                await asyncio.to_thread(self.spool.ack, frames[done - 1].end, done)
                 self.metrics.spool_depth.set(self.spool.pending_bytes())
+            if failure is None:
+                continue
+            exc = failure
+            reason = permanent(exc)
+            if reason not in OF_THE_RECORD:
+                if reason is None:
+                    log.warning("replaying the spool failed (%s); retrying", exc)
+                else:  # every frame would fail alike: wait for the fix, keep them all
+                    log.error("Kafka refuses ingest's records (%s, %r): fix the topic or ingest's access; "
+                              "the spool keeps them meanwhile", reason, exc)
+                await self._drop_producer()
+                return
+            refused = frames[done]
+            await self._quarantine(refused, reason, exc)
+            await asyncio.to_thread(self.spool.ack, refused.end, 1)
+            self.metrics.spool_depth.set(self.spool.pending_bytes())
         async with self._lock:
             if self.spool.pending_bytes() == 0:
                 await asyncio.to_thread(self.spool.reset_if_drained)
                 if not self.kafka_ok:
                     log.info("Kafka at %s is reachable; the spool is drained", self.bootstrap)
                 self.kafka_ok = True
+
+    async def _send_run(self, frames: list[Frame]) -> tuple[int, BaseException | None]:
+        """Send ``frames`` pipelined and await their acknowledgements in order: how many from the first were
+        acknowledged, and the error of the next one (None when all were)."""
+        producer = self.producer
+        assert producer is not None
+        futures: list[asyncio.Future] = []
+        failure: BaseException | None = None
+        for frame in frames:
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    futures.append(await producer.send(frame.topic, frame.value, key=frame.key))
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:  # refused before sending, e.g. too large
+                failure = exc
+                break
+        for i, future in enumerate(futures):
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await asyncio.shield(future)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                for later in futures[i + 1:]:  # resent by the next replay; their outcome is not needed
+                    later.add_done_callback(_retrieve)
+                return i, exc
+        return len(futures), failure
 
     async def _quarantine(self, frame: Frame, reason: str, exc: BaseException) -> None:
         """Move a frame Kafka refuses for good out of the way: fsynced whole into ``quarantine/`` (a spool file
@@ -249,3 +282,9 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a future's outcome as seen (no "exception was never retrieved" for a record sent again)."""
+    if not future.cancelled():
+        future.exception()

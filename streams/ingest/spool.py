@@ -3,9 +3,9 @@
 One append-only file of frames (``len:u32 crc32:u32 payload``; payload = topic, key, value, each
 length-prefixed) and a marker file holding the byte offset up to which frames were acknowledged by Kafka.
 An append returns only after ``fsync``, so a 202 answered from the spool survives SIGKILL and power loss.
-Frames are replayed in order; the marker is rewritten atomically (write, fsync, rename) after each
-acknowledged frame, so a crash can re-send at most the frame in flight at that instant; it carries the same
-``event_id``, which every projection deduplicates. A torn last frame (crash mid-write) fails its CRC and is
+Frames are replayed in order, a batch at a time; the marker is rewritten atomically (write, fsync, rename)
+after each acknowledged run of frames, so a crash can re-send at most the batch in flight at that instant;
+its records carry the same ``event_id``, which every projection deduplicates. A torn last frame (crash mid-write) fails its CRC and is
 discarded: its request never got a 202.
 
 Replay reads forward from the marker, one batch at a time (:meth:`Spool.pending`), never the whole file, so
@@ -172,15 +172,15 @@ class Spool:
         with open(self.path, "rb") as f:
             return read_frames(f, self.acked(), limit)[0]
 
-    def ack(self, end: int) -> None:
-        """The frames up to ``end`` are in Kafka (the replay acknowledges one frame at a time)."""
+    def ack(self, end: int, frames: int = 1) -> None:
+        """The frames up to ``end`` are in Kafka: ``frames`` more than the marker said before."""
         tmp = self.marker.with_suffix(".tmp")
         with open(tmp, "w") as f:
             f.write(str(end))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.marker)
-        self._frames = 0 if end == 0 or end >= self.size() else max(0, self._frames - 1)
+        self._frames = 0 if end == 0 or end >= self.size() else max(0, self._frames - frames)
         self._acked = end
 
     def reset_if_drained(self) -> bool:
