@@ -6,7 +6,8 @@ An append returns only after ``fsync``, so a 202 answered from the spool survive
 Frames are replayed in order, a batch at a time; the marker is rewritten atomically (write, fsync, rename)
 after each acknowledged run of frames, so a crash can re-send at most the batch in flight at that instant;
 its records carry the same ``event_id``, which every projection deduplicates. A torn last frame (crash mid-write) fails its CRC and is
-discarded: its request never got a 202.
+discarded: its request never got a 202. A corrupt frame with intact frames after it (a bad disk block) is
+moved to ``quarantine/`` at start and the frames after it are kept.
 
 Replay reads forward from the marker, one batch at a time (:meth:`Spool.pending`), never the whole file, so
 draining N frames costs O(N) whatever the spool's size. Once everything is acknowledged the file is emptied:
@@ -21,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,36 @@ def read_frames(f: BinaryIO, start: int, limit: int | None = None) -> tuple[list
     return frames, pos
 
 
+def next_intact_frame(f: BinaryIO, start: int, end: int) -> int | None:
+    """The first offset in ``[start, end)`` where an intact frame begins (header, length within ``end``,
+    CRC), or None: where to resume after a corrupt frame. Reads the region once."""
+    f.seek(start)
+    data = f.read(end - start)
+    for p in range(len(data) - HEADER.size + 1):
+        length, crc = HEADER.unpack_from(data, p)
+        if length < 3 * FIELD.size or p + HEADER.size + length > len(data):
+            continue
+        if zlib.crc32(data[p + HEADER.size:p + HEADER.size + length]) == crc:
+            return start + p
+    return None
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def decode_frames(data: bytes, start: int = 0) -> list[Frame]:
     """Every complete, intact frame of ``data`` from ``start``; stops at the first torn or corrupt one."""
     return read_frames(io.BytesIO(data), start)[0]
@@ -126,19 +158,53 @@ class Spool:
         return pos
 
     def _drop_torn_tail(self) -> None:
-        """Cut a torn last frame, reading forward from the marker (frames before it are in Kafka), a batch of
-        frames at a time."""
-        size, good = self.size(), self._acked
-        with open(self.path, "rb") as f:
-            while good < size:
-                frames, good_after = read_frames(f, good, 10_000)
-                if not frames:
-                    break
-                good = good_after
-                self._frames += len(frames)
-        if good != size:
-            os.ftruncate(self._fd, good)
-            os.fsync(self._fd)
+        """Check the frames after the marker, reading forward a batch at a time: a torn last frame (a crash
+        mid-write: its request never got a 202) is cut; a corrupt frame with intact frames after it (a bad
+        disk block) is moved to ``quarantine/`` and the frames after it are kept (:meth:`_cut_out`)."""
+        while True:
+            size, good = self.size(), self._acked
+            self._frames = 0
+            with open(self.path, "rb") as f:
+                while good < size:
+                    frames, good_after = read_frames(f, good, 10_000)
+                    if not frames:
+                        break
+                    good = good_after
+                    self._frames += len(frames)
+                resume = next_intact_frame(f, good + 1, size) if good < size else None
+            if good == size:
+                return
+            if resume is None:  # nothing intact after it: a torn tail
+                os.ftruncate(self._fd, good)
+                os.fsync(self._fd)
+                return
+            self._cut_out(good, resume)
+
+    def _cut_out(self, start: int, end: int) -> None:
+        """Remove the corrupt bytes ``[start, end)``: they go whole to ``quarantine/``; the frames not yet in
+        Kafka, less those bytes, are written to a new file, fsynced, and renamed over the spool. The marker
+        is reset to 0 before the rename, so a crash in between re-sends (or repeats this), never skips."""
+        quarantine = self.directory / "quarantine"
+        quarantine.mkdir(exist_ok=True)
+        tmp = self.directory / "spool.log.rebuilt"
+        with open(self.path, "rb") as src:
+            src.seek(start)
+            _write_synced(quarantine / f"{int(time.time() * 1000)}-corrupt-{start}-{end}.bin", src.read(end - start))
+            with open(tmp, "wb") as out:
+                for lo, hi in ((self._acked, start), (end, self.size())):
+                    src.seek(lo)
+                    remaining = hi - lo
+                    while remaining > 0:
+                        chunk = src.read(min(remaining, 1 << 20))
+                        out.write(chunk)
+                        remaining -= len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        self.ack(0)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.directory)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
 
     def acked(self) -> int:
         """Bytes of the file already in Kafka (the durable marker's value, kept in memory: the producer asks

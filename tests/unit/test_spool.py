@@ -136,3 +136,37 @@ def test_frames_are_counted_across_appends_acks_and_a_restart(tmp_path: Path) ->
     drain(restarted, 2)
     assert restarted.pending_frames() == 0 and restarted.oldest() is None
     restarted.close()
+
+
+def test_a_corrupt_frame_in_the_middle_keeps_the_frames_after_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    values = fill(spool, 6)
+    frames = spool.pending()
+    spool.ack(frames[0].end)  # the first is in Kafka already
+    spool.close()
+    data = bytearray((tmp_path / "spool.log").read_bytes())
+    data[frames[2].end - 10] ^= 0xFF  # a bad block inside the third frame
+    (tmp_path / "spool.log").write_bytes(bytes(data))
+
+    reopened = Spool(tmp_path)
+    assert [f.value for f in reopened.pending()] == [values[1], *values[3:]]  # only the corrupt one is gone
+    assert reopened.pending_frames() == 4
+    (moved,) = (tmp_path / "quarantine").iterdir()
+    assert moved.read_bytes() == bytes(data[frames[1].end:frames[2].end])  # kept whole, for a post-mortem
+    reopened.append("t", b"k", b"after")
+    assert drain(reopened, 500) == [values[1], *values[3:], b"after"]
+    reopened.close()
+
+
+def test_a_corrupt_frame_then_a_torn_tail(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    values = fill(spool, 4)
+    frames = spool.pending()
+    spool.close()
+    data = bytearray((tmp_path / "spool.log").read_bytes())
+    data[frames[1].end - 3] ^= 0x01
+    data += encode_frame("t", b"k", b"torn")[:-2]
+    (tmp_path / "spool.log").write_bytes(bytes(data))
+    reopened = Spool(tmp_path)
+    assert [f.value for f in reopened.pending()] == [values[0], *values[2:]]
+    reopened.close()
