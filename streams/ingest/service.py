@@ -180,7 +180,8 @@ async def _provision_until_done(settings: Settings) -> None:
 
     while True:
         try:
-            await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+            for line in await ensure_topics(settings.kafka_bootstrap, contract_topics(settings)):
+                (log.warning if line.startswith("warning") else log.info)("topics: %s", line)
             return
         except TopicConflict:
             raise

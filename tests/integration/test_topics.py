@@ -66,3 +66,22 @@ def test_partition_count_of_the_event_log_must_match(bootstrap: str) -> None:
     # the processor consumes the reconciler's findings beside the log: co-partitioned too
     assert f"{settings.topic('reconcile')} has 2 partitions" in str(err.value)
     assert f"{settings.topic('alerts')} has" not in str(err.value)
+
+
+def test_a_log_from_before_the_size_budget_is_used_with_a_warning(bootstrap: str) -> None:
+    """Topics created without ``max.message.bytes`` (an earlier version: the broker's 1 MiB) keep working;
+    provisioning says how to raise the limit. One above the contract's is fine as it is."""
+    from streams.broker.topics import TopicSpec
+
+    settings = _settings(bootstrap)
+    older = [TopicSpec(s.name, s.partitions, {k: v for k, v in s.configs.items() if k != "max.message.bytes"},
+                       s.partitions_must_match) for s in contract_topics(settings)]
+    asyncio.run(ensure_topics(bootstrap, older))
+    asyncio.run(alter_topic_configs(bootstrap, settings.topic("deadletter"),
+                                    {"retention.ms": "-1", "cleanup.policy": "delete", "max.message.bytes": "20000000"},
+                                    lambda c: c.get("max.message.bytes") == "20000000"))
+    report = asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+    warnings = [line for line in report if line.startswith("warning")]
+    assert len(warnings) == 1 and settings.topic("webhooks") in warnings[0]
+    assert "--add-config max.message.bytes=8388608" in warnings[0]
+    assert sum(line.startswith("checked ") for line in report) == 5
