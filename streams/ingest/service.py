@@ -7,7 +7,7 @@ credentials, Basic or path token (streams/ingest/auth.py; nothing stored); 403 f
 ENX_ALLOWED_APP_IDS (dead-lettered); 413 for
 a body over the limit, decided from Content-Length or while reading, before the whole body is in memory, and
 for a body whose record (raw body plus parsed fields) would not fit the log (streams/broker/limits.py);
-500 when Kafka refuses a record for good (authorisation, unknown topic: nothing is stored); 503 with
+500 when Kafka refuses a record for good (authorisation, an invalid topic: nothing is stored); 503 with
 ``Retry-After`` when Kafka is unreachable and the spool is full (nothing is stored).
 ``/healthz``, ``/readyz``, ``/metrics``. No access log: the token is part of the path.
 """
