@@ -60,3 +60,12 @@ def test_ingest_listens_on_all_addresses_with_credentials() -> None:
     env = SERVICES["ingest"]["environment"]
     assert env["ENX_INGEST_HOST"] == "0.0.0.0"
     assert env["ENX_INGEST_BASIC_AUTH"].startswith("${ENX_INGEST_BASIC_AUTH:?")  # required: no anonymous default
+
+
+def test_the_reconciler_is_a_profile_with_the_credentials_from_the_environment() -> None:
+    service = SERVICES["reconciler"]
+    assert service["command"] == ["worker", "--roles", "reconciler"] and service["profiles"] == ["reconcile"]
+    env = service["environment"]
+    assert env["ENX_ENABLEX_APP_ID"] == "${ENX_ENABLEX_APP_ID:-}" and env["ENX_ENABLEX_APP_KEY"] == "${ENX_ENABLEX_APP_KEY:-}"
+    assert env["ENX_CLICKHOUSE_DSN"].startswith("http://")  # it asks the ClickHouse server, not an embedded one
+    assert any(v.endswith(":/var/lib/enx-streams") for v in service["volumes"])  # the cursor survives a restart
