@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.avro import default_codec
+from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.broker.topics import COMPACTED, TopicConflict, TopicSpec, ensure_topics
 from streams.config import Settings
 
@@ -169,7 +170,7 @@ class Appender:
         self.settings = settings
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                                          enable_idempotence=True, request_timeout_ms=REQUEST_TIMEOUT_MS,
-                                         linger_ms=5)
+                                         linger_ms=5, max_request_size=MAX_MESSAGE_BYTES)  # a record ~2x its body
 
     async def __aenter__(self) -> Appender:
         try:

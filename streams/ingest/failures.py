@@ -15,7 +15,6 @@ PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
     (errors.MessageSizeTooLargeError, "record_too_large"),
     (errors.RecordTooLargeError, "record_too_large"),
     (errors.RecordListTooLargeError, "record_too_large"),
-    (errors.CorruptRecordException, "invalid_record"),
     (errors.UnsupportedForMessageFormatError, "invalid_record"),
     (errors.InvalidTopicError, "invalid_topic"),
     (errors.TopicAuthorizationFailedError, "not_authorised"),
@@ -33,7 +32,8 @@ def permanent(exc: BaseException) -> str | None:
     """The reason this record can never be delivered, or None if the error is an outage worth retrying.
 
     ``UnknownTopicOrPartitionError`` is not permanent: Kafka marks it retriable (a partition moving between
-    brokers, metadata not yet propagated after provisioning), so it is an outage like a leader election."""
+    brokers, metadata not yet propagated after provisioning), so it is an outage like a leader election; so
+    is ``CorruptRecordException``, a record damaged in transit, which Kafka retries too."""
     for kind, reason in PERMANENT:
         if isinstance(exc, kind):
             return reason

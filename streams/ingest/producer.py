@@ -145,6 +145,10 @@ class DurableProducer:
                     reason = permanent(exc)
                     if reason is not None:
                         log.error("Kafka refused a record for %s (%r): answered as an error, not stored", topic, exc)
+                        # a batch refused by the broker leaves the idempotent producer's sequence numbers for
+                        # that partition behind: a fresh producer (the spool holds the records meanwhile)
+                        if self.producer is producer:
+                            await self._drop_producer()
                         raise RecordRefused(reason, exc) from exc
                     log.warning("Kafka did not acknowledge (%r); spooling until it is back", exc)
                     if self.producer is producer:

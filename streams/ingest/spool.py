@@ -20,8 +20,10 @@ truncation happened, so it reads as 0.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,6 +32,10 @@ from typing import BinaryIO
 
 HEADER = struct.Struct(">II")
 FIELD = struct.Struct(">i")
+# No frame ingest writes is longer (a record within the log's budget, its topic and key): a longer length
+# read from a header is corruption, never a reason to read gigabytes.
+MAX_FRAME_PAYLOAD = 9 * 1024 * 1024
+log = logging.getLogger("streams.ingest")
 
 
 @dataclass(frozen=True)
@@ -74,24 +80,42 @@ def read_frames(f: BinaryIO, start: int, limit: int | None = None) -> tuple[list
         if len(header) < HEADER.size:
             break
         length, crc = HEADER.unpack(header)
+        if length > MAX_FRAME_PAYLOAD:
+            break
         payload = f.read(length)
-        if len(payload) < length or zlib.crc32(payload) != crc:
+        if len(payload) < length or zlib.crc32(payload) != crc or not _well_formed(payload):
             break
         pos += HEADER.size + length
         frames.append(_decode_payload(payload, pos))
     return frames, pos
 
 
+def _well_formed(payload: bytes | memoryview) -> bool:
+    """The payload's three length-prefixed fields add up to it exactly (topic, key or -1, value)."""
+    if len(payload) < 3 * FIELD.size:
+        return False
+    (tlen,) = FIELD.unpack_from(payload, 0)
+    if not 0 < tlen <= 255 or FIELD.size + tlen + FIELD.size > len(payload):
+        return False
+    (klen,) = FIELD.unpack_from(payload, FIELD.size + tlen)
+    if klen < -1 or 2 * FIELD.size + tlen + max(klen, 0) + FIELD.size > len(payload):
+        return False
+    (vlen,) = FIELD.unpack_from(payload, 2 * FIELD.size + tlen + max(klen, 0))
+    return vlen >= 0 and 3 * FIELD.size + tlen + max(klen, 0) + vlen == len(payload)
+
+
 def next_intact_frame(f: BinaryIO, start: int, end: int) -> int | None:
-    """The first offset in ``[start, end)`` where an intact frame begins (header, length within ``end``,
-    CRC), or None: where to resume after a corrupt frame. Reads the region once."""
+    """The first offset in ``[start, end)`` where an intact frame begins (a plausible length within ``end``,
+    well-formed fields, CRC), or None: where to resume after a corrupt frame. A candidate is checked on its
+    structure before its CRC, so the scan stays linear; it reads the region once."""
     f.seek(start)
-    data = f.read(end - start)
+    data = memoryview(f.read(end - start))
     for p in range(len(data) - HEADER.size + 1):
         length, crc = HEADER.unpack_from(data, p)
-        if length < 3 * FIELD.size or p + HEADER.size + length > len(data):
+        if length < 3 * FIELD.size or length > MAX_FRAME_PAYLOAD or p + HEADER.size + length > len(data):
             continue
-        if zlib.crc32(data[p + HEADER.size:p + HEADER.size + length]) == crc:
+        payload = data[p + HEADER.size:p + HEADER.size + length]
+        if _well_formed(payload) and zlib.crc32(payload) == crc:
             return start + p
     return None
 
@@ -126,6 +150,9 @@ class Spool:
         self.path = self.directory / "spool.log"
         self.marker = self.directory / "spool.acked"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        # appends (request handlers' threads), acks and the reset (the replay's) and a shutdown's replay may
+        # run in threads at once: one at a time on the file, the marker and the counts
+        self._lock = threading.RLock()
         self._acked = self._read_marker()  # this process is the spool's only writer: ack() keeps it
         self._frames = 0  # frames not yet acknowledged: counted by _drop_torn_tail, then kept
         self._drop_torn_tail()
@@ -175,9 +202,13 @@ class Spool:
             if good == size:
                 return
             if resume is None:  # nothing intact after it: a torn tail
+                log.warning("spool %s: cut %d bytes of a torn last frame (a write that never got its 202)",
+                            self.path, size - good)
                 os.ftruncate(self._fd, good)
                 os.fsync(self._fd)
                 return
+            log.error("spool %s: bytes %d..%d are corrupt (a bad block?); moved to quarantine/, the %d bytes "
+                      "after them kept", self.path, good, resume, size - resume)
             self._cut_out(good, resume)
 
     def _cut_out(self, start: int, end: int) -> None:
@@ -229,9 +260,23 @@ class Spool:
         return frames[0] if frames else None
 
     def append(self, topic: str, key: bytes | None, value: bytes) -> None:
-        os.write(self._fd, encode_frame(topic, key, value))
-        os.fsync(self._fd)
-        self._frames += 1
+        """Write the frame whole and fsync it; on any failure (a full disk, a quota) the file is cut back to
+        where it was and the error raised: a torn frame never sits in front of later ones."""
+        frame = encode_frame(topic, key, value)
+        with self._lock:
+            before = self.size()
+            try:
+                written = 0
+                while written < len(frame):
+                    n = os.write(self._fd, frame[written:])
+                    if n <= 0:
+                        raise OSError(f"the spool took {written} of {len(frame)} bytes")
+                    written += n
+                os.fsync(self._fd)
+            except OSError:
+                os.ftruncate(self._fd, before)
+                raise
+            self._frames += 1
 
     def pending(self, limit: int = 500) -> list[Frame]:
         """The next ``limit`` frames not yet acknowledged, read forward from the marker (their bytes only)."""
@@ -240,31 +285,34 @@ class Spool:
 
     def ack(self, end: int, frames: int = 1) -> None:
         """The frames up to ``end`` are in Kafka: ``frames`` more than the marker said before."""
-        tmp = self.marker.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(str(end))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.marker)
-        self._frames = 0 if end == 0 or end >= self.size() else max(0, self._frames - frames)
-        self._acked = end
+        with self._lock:
+            tmp = self.marker.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                f.write(str(end))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.marker)
+            _fsync_dir(self.directory)  # the new marker is on disk before the file may be truncated or replaced
+            self._frames = 0 if end == 0 or end >= self.size() else max(0, self._frames - frames)
+            self._acked = end
 
     def reset_if_drained(self) -> bool:
         """Empty the file once everything in it was acknowledged (the caller holds off appends)."""
-        if self.size() and self.acked() >= self.size():
-            self.ack(0)  # first: a crash before the truncation re-sends, never skips (module doc)
-            os.ftruncate(self._fd, 0)
-            os.fsync(self._fd)
-            return True
-        return False
+        with self._lock:
+            if self.size() and self.acked() >= self.size():
+                self.ack(0)  # first: a crash before the truncation re-sends, never skips (module doc)
+                os.ftruncate(self._fd, 0)
+                os.fsync(self._fd)
+                return True
+            return False
 
     def writable(self) -> bool:
         return os.access(self.directory, os.W_OK)
 
     def room_for(self, nbytes: int, max_bytes: int, min_free_bytes: int) -> bool:
-        """Whether a frame of ``nbytes`` may be appended: the file stays within ``max_bytes`` and the disk
-        keeps ``min_free_bytes`` free."""
-        if self.size() + nbytes + HEADER.size > max_bytes:
+        """Whether a frame of ``nbytes`` may be appended: what waits for Kafka stays within ``max_bytes`` and the
+        disk keeps ``min_free_bytes`` free (what Kafka already has is cut off once the spool drains)."""
+        if self.pending_bytes() + nbytes + HEADER.size + 3 * FIELD.size > max_bytes:
             return False
         stat = os.statvfs(self.directory)
         return stat.f_bavail * stat.f_frsize - nbytes >= min_free_bytes

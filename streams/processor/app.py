@@ -63,6 +63,7 @@ from faust.types import TP, Message
 
 from streams import dead_letters
 from streams.avro import default_codec
+from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.config import Settings
 from streams.processor import drain, rules
 from streams.processor.gaps import Continuity, LogReader
@@ -159,6 +160,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         producer_acks=-1,
         producer_linger=PRODUCER_LINGER_S,
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        # a processor dead letter can carry a log record whole: the dead-letter topic's budget, not 1 MB
+        producer_max_request_size=MAX_MESSAGE_BYTES,
     )
     # faust's consumer, handing the agent's records straight to it (drain.py)
     inbox = drain.Inbox(INBOX_RECORDS)

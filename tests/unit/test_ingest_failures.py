@@ -14,7 +14,7 @@ def test_each_permanent_error_names_its_reason(kind: type[BaseException], reason
 @pytest.mark.parametrize("exc", [
     errors.KafkaConnectionError("down"), errors.KafkaTimeoutError(), errors.NotLeaderForPartitionError(),
     errors.RequestTimedOutError(), asyncio.TimeoutError(), OSError("refused"),
-    errors.NotEnoughReplicasError(), errors.UnknownTopicOrPartitionError(),
+    errors.NotEnoughReplicasError(), errors.UnknownTopicOrPartitionError(), errors.CorruptRecordException(),
 ])
 def test_outages_are_retried(exc: BaseException) -> None:
     assert permanent(exc) is None

@@ -170,3 +170,36 @@ def test_a_corrupt_frame_then_a_torn_tail(tmp_path: Path) -> None:
     reopened = Spool(tmp_path)
     assert [f.value for f in reopened.pending()] == [values[0], *values[2:]]
     reopened.close()
+
+
+def test_a_failed_append_leaves_no_torn_frame_in_front_of_later_ones(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path)
+    fill(spool, 2)
+    size = spool.size()
+    real_write = S.os.write
+    calls = {"n": 0}
+
+    def disk_full(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, data[: len(data) // 2])  # a short write...
+        raise OSError(28, "No space left on device")  # ...then the disk is full
+
+    monkeypatch.setattr(S.os, "write", disk_full)
+    with pytest.raises(OSError):
+        spool.append("t", b"k", b"x" * 1000)
+    monkeypatch.undo()
+    assert spool.size() == size and spool.pending_frames() == 2  # cut back: the request got no 202
+    spool.append("t", b"k", b"later")
+    assert [f.value for f in spool.pending()][-1] == b"later"
+    spool.close()
+
+
+def test_a_corrupt_length_is_never_read_as_gigabytes() -> None:
+    good = encode_frame("t", b"k", b"v")
+    bad_header = S.HEADER.pack(0xFFFFFFF0, 0)
+    reader = CountingReader(good + bad_header + b"z" * 100)
+    frames, end = read_frames(reader, 0)
+    assert [f.value for f in frames] == [b"v"] and end == len(good)
+    assert reader.read_bytes <= len(good) + len(bad_header)
