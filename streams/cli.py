@@ -134,7 +134,7 @@ def kafka_jars(settings: config.Settings) -> None:
 @kafka_app.command("topics")
 @with_settings
 def kafka_topics(settings: config.Settings) -> None:
-    """Create (or check) the four contract topics on ENX_KAFKA_BOOTSTRAP."""
+    """Create (or check) the five contract topics on ENX_KAFKA_BOOTSTRAP."""
     from streams.broker.topics import TopicConflict, contract_topics, ensure_topics
 
     try:

@@ -19,7 +19,6 @@ truncation happened, so it reads as 0.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import struct
@@ -134,11 +133,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def decode_frames(data: bytes, start: int = 0) -> list[Frame]:
-    """Every complete, intact frame of ``data`` from ``start``; stops at the first torn or corrupt one."""
-    return read_frames(io.BytesIO(data), start)[0]
 
 
 class Spool:

@@ -79,21 +79,22 @@ def confs(prefix: str, per_partition: int) -> list[str]:
     return out
 
 
-async def _produce(settings: Settings, events: list[dict]) -> None:
+async def _produce(settings: Settings, records: list[dict], short: str, schema: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
                                 linger_ms=5)
     await producer.start()
     try:
-        for e in events:
-            await producer.send(settings.topic("webhooks"), codec.encode("WebhookEvent", e),
-                                key=f"{e['app_id']}/{e['conf_num']}".encode())
+        for r in records:
+            await producer.send(settings.topic(short), codec.encode(schema, r),
+                                key=f"{r['app_id']}/{r['conf_num']}".encode())
         await producer.flush()
     finally:
         await producer.stop()
 
 
-def produce(settings: Settings, events: list[dict]) -> None:
-    asyncio.run(_produce(settings, events))
+def produce(settings: Settings, events: list[dict], short: str = "webhooks", schema: str = "WebhookEvent") -> None:
+    """``events`` on a contract topic (the webhook log by default), keyed by session like ingest does."""
+    asyncio.run(_produce(settings, events, short, schema))
 
 
 async def _read(settings: Settings, short: str, until: Callable[[list], bool], timeout_s: float,
@@ -439,7 +440,8 @@ class Backlog:
             while not self._stop.is_set() and self.produced < self.limit:
                 n = self.produced // 3
                 await _produce(self.settings, [event(kind, f"j{n + i}", start + k, start + k) for i in range(1000)
-                                               for k, kind in enumerate(("roomdrop", "recording", "transcoded"))])
+                                               for k, kind in enumerate(("roomdrop", "recording", "transcoded"))],
+                               "webhooks", "WebhookEvent")
                 self.produced += 3000
         except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self.error = exc

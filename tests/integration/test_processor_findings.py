@@ -10,12 +10,9 @@ process on the real broker: findings on ``<prefix>reconcile.v1``, webhooks on th
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
-
-from aiokafka import AIOKafkaProducer
 
 from streams.processor import rules
 from tests.integration.test_processor import (APP, SLA_S, Workers, alerts_of, codec, confs, event, fresh_settings,
@@ -31,17 +28,7 @@ def finding(conf: str, type_: str, trans_s: float, found_s: float) -> dict:
 
 
 def publish_findings(settings, findings: list[dict]) -> None:
-    async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
-        await producer.start()
-        try:
-            for f in findings:
-                await producer.send(settings.topic("reconcile"), codec.encode("ReconcileFinding", f),
-                                    key=f"{f['app_id']}/{f['conf_num']}".encode())
-            await producer.flush()
-        finally:
-            await producer.stop()
-    asyncio.run(go())
+    produce(settings, findings, "reconcile", "ReconcileFinding")
 
 
 def latest_states(records: list) -> dict[str, dict]:
