@@ -240,11 +240,17 @@ def dev(settings: config.Settings) -> None:
 def rebuild(settings: config.Settings,
             processors: Annotated[Optional[int], typer.Option(
                 "--processors", min=1, help="processor workers replaying the log in parallel "
-                "[default: one per CPU, at most one per partition]")] = None) -> None:
-    """Recompute the projections (state tables, sessions topic, ClickHouse tables) from the event log."""
+                "[default: one per CPU, at most one per partition]")] = None,
+            yes: Annotated[bool, typer.Option(
+                "--yes", help="go ahead without asking (it still refuses while a worker runs)")] = False) -> None:
+    """Recompute the projections (state tables, sessions topic, ClickHouse tables) from the event log, into a
+    shadow database swapped in at the end; checks first and asks before it replaces anything."""
+    import sys
+
     from streams.rebuild import run
 
-    raise typer.Exit(run(settings, echo=typer.echo, processors=processors))
+    confirm = (lambda question: typer.confirm(question, default=False)) if sys.stdin.isatty() else None
+    raise typer.Exit(run(settings, echo=typer.echo, processors=processors, yes=yes, confirm=confirm))
 
 
 def _day(value: str | None, flag: str):

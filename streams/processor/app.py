@@ -45,6 +45,10 @@ Test-only environment variables (not ENX_ settings; production never sets them):
   lets days pass with it);
 - ``ENXTEST_PROCESSOR_GROUP``: use this app id instead of ``<prefix>processor`` (its consumer group,
   changelog and command topic names), so a test can replay the log as a brand-new consumer group.
+
+Set by ``enx-streams rebuild`` for its own processors (never set it yourself):
+- ``ENXREBUILD_ALERTS_TOPIC``: publish the alerts there instead of ``<prefix>alerts.v1``, so a replay does not
+  page the consumers of the alerts topic again (streams/rebuild/ forwards those that are new).
 """
 
 from __future__ import annotations
@@ -100,6 +104,11 @@ class Rejected(Exception):
 def app_id(settings: Settings) -> str:
     """The processor's faust app id: its consumer group and the prefix of its changelog topics."""
     return os.environ.get("ENXTEST_PROCESSOR_GROUP") or f"{settings.topic_prefix}processor"
+
+
+def published_alerts_topic(settings: Settings) -> str:
+    """Where the processor publishes its alerts: the alerts topic, or a rebuild's own (ENXREBUILD_ALERTS_TOPIC)."""
+    return os.environ.get("ENXREBUILD_ALERTS_TOPIC") or settings.topic("alerts")
 
 
 def command_topic(settings: Settings) -> str:
@@ -168,7 +177,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     reconcile_topic = settings.topic("reconcile")
     drain.install(app, {log_topic: inbox, command_topic(settings): inbox, reconcile_topic: inbox})
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
-    sessions_topic, alerts_topic = settings.topic("sessions"), settings.topic("alerts")
+    sessions_topic, alerts_topic = settings.topic("sessions"), published_alerts_topic(settings)
     tables = {name: app.Table(name, default=None, partitions=settings.partitions,
                               help=f"session parts: {name}") for name in rules.TABLES}
     if any((t.key_serializer, t.value_serializer) != ("json", "json") for t in tables.values()):

@@ -21,6 +21,10 @@ With the embedded engine the sink process is the data directory's owner (:mod:`s
 it takes the owner lock, applies the migrations at its start and answers ``enx-streams sql``
 (:mod:`streams.sink.owner`). With a server DSN any number of sink workers may run; each applies the
 (idempotent) migrations at its start.
+
+A :class:`SinkTarget` points a sink elsewhere: ``enx-streams rebuild`` runs one that writes a shadow
+database (``enablex_rebuild``, built by the same migrations) as a consumer group of its own, and reads the
+rebuild's alerts topic beside the five (streams/rebuild/).
 """
 
 from __future__ import annotations
@@ -32,11 +36,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams import dead_letters
 from streams.config import Settings
 from streams.sink import rows as R
+from streams.sink.migrations import DATABASE
+
+if TYPE_CHECKING:
+    from streams.sink.clickhouse import OwnerLock
 from streams.sink.batcher import Batch, Batcher
 
 log = logging.getLogger("streams.sink")
@@ -57,6 +65,19 @@ def backoff_delays(initial_s: float, max_s: float, factor: float = 2.0) -> Itera
     while True:
         yield min(delay, max_s)
         delay = min(delay * factor, max_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkTarget:
+    """Where a sink writes and as which group it reads: by default the contract's database, as the sink group
+    of :func:`sink_group`, from the five contract topics."""
+
+    database: str = DATABASE
+    group: str | None = None                         # None: sink_group(settings)
+    extra_topics: tuple[tuple[str, str], ...] = ()   # (topic, kind of TOPIC_KINDS its records are)
+
+    def group_of(self, settings: Settings) -> str:
+        return self.group or sink_group(settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +108,8 @@ class Sink:
 
     def __init__(self, settings: Settings, consumer: Any, client: Any,
                  executor: concurrent.futures.Executor, *, options: SinkOptions = SinkOptions(),
-                 clock: Callable[[], float] = time.monotonic, codec: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, codec: Any = None,
+                 target: SinkTarget = SinkTarget()) -> None:
         from streams.avro import default_codec
 
         self.settings = settings
@@ -99,7 +121,9 @@ class Sink:
         self.codec = codec or default_codec()
         self.batcher = Batcher(options.max_rows, options.max_age_s, clock)
         self.stats = SinkStats()
+        self.database = target.database
         self.kind_of_topic = {settings.topic(kind): kind for kind in TOPIC_KINDS}
+        self.kind_of_topic.update(target.extra_topics)
         self._flush_lock = asyncio.Lock()
         self._stop: asyncio.Event | None = None
 
@@ -145,7 +169,7 @@ class Sink:
     # -- inserting and committing ------------------------------------------------------------------
 
     def _insert_sync(self, table: str, data: list[list[Any]]) -> None:
-        self.client.insert(f"enablex.{table}", data, column_names=list(R.COLUMNS[table]))
+        self.client.insert(f"{self.database}.{table}", data, column_names=list(R.COLUMNS[table]))
 
     async def _insert_batch(self, batch: Batch, stop: asyncio.Event | None) -> bool:
         """Insert every table of ``batch`` not inserted yet, retrying the failed ones with backoff (the others
@@ -169,7 +193,7 @@ class Sink:
                 self.stats.rows_inserted += len(data)
                 batch.done.add(table)
                 if attempt > 1:
-                    log.info("insert into enablex.%s succeeded after %d attempts", table, attempt)
+                    log.info("insert into %s.%s succeeded after %d attempts", self.database, table, attempt)
             if not failed:
                 return True
             self.stats.insert_failures += len(failed)
@@ -180,14 +204,14 @@ class Sink:
                 give_up_at = give_up_at if give_up_at is not None else now + self.options.shutdown_flush_s
                 if now >= give_up_at:
                     for table, exc in failed:
-                        log.error("insert into enablex.%s still fails while stopping (%s); the batch's %d records "
-                                  "stay uncommitted, to be consumed again at the next start", table, exc,
-                                  batch.records)
+                        log.error("insert into %s.%s still fails while stopping (%s); the batch's %d records "
+                                  "stay uncommitted, to be consumed again at the next start", self.database, table,
+                                  exc, batch.records)
                     return False
                 delay = min(delay, give_up_at - now)
             for table, exc in failed:
-                log.warning("insert into enablex.%s failed (attempt %d): %s; retrying in %.1f s, nothing is "
-                            "committed past it", table, attempt, exc, delay)
+                log.warning("insert into %s.%s failed (attempt %d): %s; retrying in %.1f s, nothing is "
+                            "committed past it", self.database, table, attempt, exc, delay)
             await asyncio.sleep(delay)
 
     async def _commit(self, batch: Batch) -> None:
@@ -262,12 +286,12 @@ class Sink:
         return _FlushOnRevoke()
 
 
-def make_consumer(settings: Settings) -> Any:
+def make_consumer(settings: Settings, group: str | None = None) -> Any:
     from aiokafka import AIOKafkaConsumer
 
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=sink_group(settings),
+        group_id=group or sink_group(settings),
         client_id="enx-streams-sink",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -275,7 +299,8 @@ def make_consumer(settings: Settings) -> Any:
 
 
 async def run_sink(settings: Settings, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None,
-                   options: SinkOptions = SinkOptions(), on_sink: Callable[[Sink], None] | None = None) -> None:
+                   options: SinkOptions = SinkOptions(), on_sink: Callable[[Sink], None] | None = None,
+                   target: SinkTarget = SinkTarget(), lock: OwnerLock | None = None) -> None:
     """Run the sink until ``stop`` is set, then flush, commit and release everything.
 
     Embedded DSN: become the owner of the data directory first (raises
@@ -283,25 +308,31 @@ async def run_sink(settings: Settings, stop: asyncio.Event, *, on_ready: Callabl
     answer ``enx-streams sql``. ``on_ready`` is called once ClickHouse is migrated (and answering queries)
     and the consumer is started. ``on_sink`` receives the :class:`Sink` once it exists (its ``stats``
     are counters a caller may export as metrics).
+
+    ``target``: where to write and as which group (:class:`SinkTarget`). ``lock``: the owner lock of the
+    embedded directory when the caller holds it already (a rebuild holds it from its checks to its swap and
+    answers ``enx-streams sql`` itself): then the sink neither takes nor releases it, nor serves queries.
     """
     from streams.sink import migrations
-    from streams.sink.clickhouse import OwnerLock, connect, redact_dsn, settings_path
+    from streams.sink.clickhouse import OwnerLock, connect, redact_dsn, settings_path  # noqa: F811
 
     loop = asyncio.get_running_loop()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="enx-sink-ch")
-    lock: OwnerLock | None = None
+    held_by_caller = lock is not None
     client: Any = None
     server: Any = None
     consumer: Any = None
     try:
         path = settings_path(settings)
-        if path is not None:
+        if path is not None and lock is None:
             lock = OwnerLock.acquire(path)
         client = await loop.run_in_executor(executor, connect, settings)
         where = str(path) if path is not None else redact_dsn(settings.clickhouse_url)
-        applied = await loop.run_in_executor(executor, migrations.apply, client, log.info)
-        log.info("clickhouse %s: %s", where, f"applied {', '.join(applied)}" if applied else "up to date")
-        if lock is not None:
+        applied = await loop.run_in_executor(
+            executor, lambda: migrations.apply(client, log.info, database=target.database))
+        log.info("clickhouse %s (%s): %s", where, target.database,
+                 f"applied {', '.join(applied)}" if applied else "up to date")
+        if lock is not None and not held_by_caller:
             from streams.sink.owner import serve_queries
 
             reader = await loop.run_in_executor(executor, lambda: connect(settings, readonly=True))
@@ -310,13 +341,14 @@ async def run_sink(settings: Settings, stop: asyncio.Event, *, on_ready: Callabl
             except BaseException:
                 await loop.run_in_executor(executor, reader.close)
                 raise
-        consumer = make_consumer(settings)
-        sink = Sink(settings, consumer, client, executor, options=options)
+        consumer = make_consumer(settings, target.group_of(settings))
+        sink = Sink(settings, consumer, client, executor, options=options, target=target)
         consumer.subscribe(sink.topics, listener=sink.listener())
         if on_sink is not None:
             on_sink(sink)
         await consumer.start()
-        log.info("sink consuming %s as group %s", ", ".join(sink.topics), sink_group(settings))
+        log.info("sink consuming %s as group %s into %s", ", ".join(sink.topics), target.group_of(settings),
+                 target.database)
         if on_ready is not None:
             on_ready()
         await sink.run(stop)
@@ -330,5 +362,5 @@ async def run_sink(settings: Settings, stop: asyncio.Event, *, on_ready: Callabl
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(executor, client.close)
         executor.shutdown(wait=True)
-        if lock is not None:
+        if lock is not None and not held_by_caller:
             lock.release()

@@ -8,6 +8,10 @@ a rerun applies only the versions not recorded there, which is nothing when all 
 
 With the embedded engine, the sink worker that owns the data directory applies pending migrations at its
 start; ``enx-streams migrate`` applies them itself only when no owner runs.
+
+The files name the contract's database, ``enablex``. The same migrations build another database (a
+rebuild's shadow, ``enablex_rebuild``): :func:`for_database` renames the database in each statement, and
+that database gets a ledger of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from streams.config import Settings
 from streams.schema_files import schemas_dir
 
 MIGRATIONS_DIR = schemas_dir() / "clickhouse"
-LEDGER = "enablex.schema_migrations"
+DATABASE = "enablex"  # the contract's database, as the migration files name it
+LEDGER = f"{DATABASE}.schema_migrations"
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# the database as the files name it: before a '.' (a qualified name), or after CREATE/DROP DATABASE [IF [NOT] EXISTS]
+_QUALIFIED = re.compile(rf"\b{DATABASE}(?=\.[A-Za-z_`])")
+_DATABASE_STATEMENT = re.compile(rf"(\bDATABASE\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?){DATABASE}\b", re.IGNORECASE)
 _FILE = re.compile(r"^(\d{3,})_([A-Za-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";\s*$")
 
@@ -68,6 +77,25 @@ def split_statements(text: str) -> list[str]:
     return statements
 
 
+def checked(database: str) -> str:
+    """``database`` if it is a plain ClickHouse name (safe to put in a statement), else MigrationError."""
+    if not _DATABASE_NAME.match(database):
+        raise MigrationError(f"{database!r} is not a plain ClickHouse database name (letters, digits, '_')")
+    return database
+
+
+def for_database(sql: str, database: str) -> str:
+    """A statement of the migration files with its database ``enablex`` renamed ``database`` (the names it
+    qualifies, ``CREATE DATABASE``). Pure."""
+    if checked(database) == DATABASE:
+        return sql
+    return _DATABASE_STATEMENT.sub(lambda m: m.group(1) + database, _QUALIFIED.sub(database, sql))
+
+
+def ledger(database: str = DATABASE) -> str:
+    return f"{checked(database)}.schema_migrations"
+
+
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Every ``NNN_name.sql`` in ``directory``, in version order; two files with one version is an error."""
     found: dict[int, Migration] = {}
@@ -82,40 +110,41 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def applied_versions(client: Any) -> set[int]:
-    """Versions recorded in the ledger (empty on a fresh engine)."""
-    exists = client.query("SELECT count() FROM system.tables WHERE database = 'enablex' "
+def applied_versions(client: Any, database: str = DATABASE) -> set[int]:
+    """Versions recorded in the ledger of ``database`` (empty on a fresh engine)."""
+    exists = client.query(f"SELECT count() FROM system.tables WHERE database = '{checked(database)}' "
                           "AND name = 'schema_migrations'").result_rows[0][0]
     if not exists:
         return set()
-    return {int(row[0]) for row in client.query(f"SELECT version FROM {LEDGER} FINAL").result_rows}
+    return {int(row[0]) for row in client.query(f"SELECT version FROM {ledger(database)} FINAL").result_rows}
 
 
-def pending(client: Any, migrations: list[Migration]) -> list[Migration]:
-    done = applied_versions(client)
+def pending(client: Any, migrations: list[Migration], database: str = DATABASE) -> list[Migration]:
+    done = applied_versions(client, database)
     return [m for m in migrations if m.version not in done]
 
 
 def apply(client: Any, echo: Echo = lambda _m: None, *, target: int | None = None,
-          directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply the pending migrations in order (up to ``target`` when given); returns the labels applied.
+          directory: Path = MIGRATIONS_DIR, database: str = DATABASE) -> list[str]:
+    """Apply the pending migrations in order (up to ``target`` when given) to ``database`` (the contract's
+    ``enablex`` unless told otherwise); returns the labels applied.
 
     Synchronous (clickhouse-connect): from async code call it with ``asyncio.to_thread``.
     """
     done: list[str] = []
-    for migration in pending(client, discover(directory)):
+    for migration in pending(client, discover(directory), database):
         if target is not None and migration.version > target:
             break
         for number, sql in enumerate(migration.statements(), start=1):
             try:
-                client.command(sql)
+                client.command(for_database(sql, database))
             except Exception as exc:  # noqa: BLE001 - any failure stops here, with where it happened
                 first = sql.splitlines()[0][:120]
                 raise MigrationError(f"migration {migration.path.name}, statement {number} ({first} ...) "
                                      f"failed: {exc}") from exc
-        client.insert(LEDGER, [[migration.version, migration.label, dt.datetime.now(dt.timezone.utc)]],
+        client.insert(ledger(database), [[migration.version, migration.label, dt.datetime.now(dt.timezone.utc)]],
                       column_names=["version", "name", "applied_at"])
-        echo(f"clickhouse: applied migration {migration.label}")
+        echo(f"clickhouse: applied migration {migration.label}" + ("" if database == DATABASE else f" to {database}"))
         done.append(migration.label)
     return done
 

@@ -83,7 +83,7 @@ def test_rebuild_equals_live(bootstrap: str, tmp_path: Path) -> None:
     assert sorted(r["sla_state"] for r in live["sessions"]) == sorted(
         ["breached"] * 4 + ["recovered"] * 4 + ["met"] * 12)
 
-    rebuilt = subprocess.run([sys.executable, "-m", "streams.cli", "rebuild"], env=cli_env(settings), cwd=ROOT,
+    rebuilt = subprocess.run([sys.executable, "-m", "streams.cli", "rebuild", "--yes"], env=cli_env(settings), cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert f"rebuilt from {len(log_events)} webhook events" in rebuilt.stdout
