@@ -289,7 +289,8 @@ async def _follow(run: _Run, completion: Completion, shadow_db: str, started_ms:
                 bar.update(writing, completed=wrote, total=max(of_written, 1))
                 after = completion.advance(seen)
                 if after.stage is not completion.stage:
-                    bar.console.print(f"{completion.stage.value}: done; {after.stage.value}")
+                    bar.console.print(f"{completion.stage.value}: done" +
+                                      ("" if after.done else f"; now {after.stage.value}"))
                 completion = after
                 if completion.done:
                     return completion
