@@ -56,10 +56,22 @@ def snapshot(settings: Settings) -> dict[str, list[dict]]:
     return {name: query(settings, sql) or [] for name, sql in TABLES.items()}
 
 
-def test_rebuild_equals_live(bootstrap: str, tmp_path: Path) -> None:
+def deployment(bootstrap: str, tmp_path: Path, tag: str) -> Settings:
+    """A deployment of its own on the shared broker: its topic prefix, two partitions, its data directory."""
     settings = Settings(data_dir=tmp_path / "data", kafka_bootstrap=bootstrap,
-                        topic_prefix=f"b{uuid.uuid4().hex[:8]}.", partitions=2)
+                        topic_prefix=f"{tag}{uuid.uuid4().hex[:8]}.", partitions=2)
     asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+    return settings
+
+
+def started(argv: list[str], settings: Settings, log: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], env=env or cli_env(settings), cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_rebuild_equals_live(bootstrap: str, tmp_path: Path) -> None:
+    settings = deployment(bootstrap, tmp_path, "b")
     start = time.time() - 2 * 3600
     log_events = []
     for i in range(20):
@@ -75,9 +87,7 @@ def test_rebuild_equals_live(bootstrap: str, tmp_path: Path) -> None:
     produce(settings, log_events)
 
     log = tmp_path / "worker.log"
-    with open(log, "ab") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", "processor,sink"],
-                                  env=cli_env(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    worker = started(["worker", "--roles", "processor,sink"], settings, log)
     try:
         expected_alerts = 4 + 4 * 2  # 4 never-transcoded stalls; 4 late ones stalled then recovered
         poll("the live projection", lambda: (s := query(settings, "SELECT count() AS n FROM enablex.sla_alerts "
@@ -99,9 +109,7 @@ def test_rebuild_equals_live(bootstrap: str, tmp_path: Path) -> None:
     assert f"rebuilt from {len(log_events)} webhook events" in rebuilt.stdout
 
     # read the rebuilt projection through an owner again
-    with open(log, "ab") as out:
-        sink = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", "sink"],
-                                env=cli_env(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    sink = started(["worker", "--roles", "sink"], settings, log)
     try:
         after = poll("the rebuilt projection", lambda: (a := snapshot(settings))["sessions"] and a, 60, log)
         for name in TABLES:
@@ -141,17 +149,13 @@ async def kafka_state(settings: Settings) -> tuple[set[str], dict]:
 
 
 def test_a_rebuild_refused_against_a_running_worker_changes_nothing(bootstrap: str, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", kafka_bootstrap=bootstrap,
-                        topic_prefix=f"r{uuid.uuid4().hex[:8]}.", partitions=2)
-    asyncio.run(ensure_topics(bootstrap, contract_topics(settings)))
+    settings = deployment(bootstrap, tmp_path, "r")
     start = time.time() - 2 * 3600
     events = [e for i in range(6) for e in (event("roomdrop", f"c{i}", start + i, start + i),
                                             event("recording", f"c{i}", start + i + 30, start + i + 30))]
     produce(settings, events)
     log = tmp_path / "worker.log"
-    with open(log, "ab") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", "processor,sink"],
-                                  env=cli_env(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    worker = started(["worker", "--roles", "processor,sink"], settings, log)
     try:
         poll("the live projection", lambda: (s := query(settings, "SELECT count() AS n FROM enablex.sla_alerts "
                                                                   "FINAL")) and int(s[0]["n"]) == 6, 120, log)
@@ -232,12 +236,6 @@ class Traffic:
             self._thread.join(timeout=60)
 
 
-def started(argv: list[str], settings: Settings, log: Path, env: dict | None = None) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], env=env or cli_env(settings), cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
 async def _alert_ids_on(settings: Settings) -> list[str]:
     """Every alert id on the alerts topic, in the order read, repeats included."""
     codec = default_codec()
@@ -259,8 +257,7 @@ async def _alert_ids_on(settings: Settings) -> list[str]:
 
 def test_a_rebuild_under_live_traffic_loses_nothing_keeps_answering_and_pages_once(bootstrap: str,
                                                                                    tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", kafka_bootstrap=bootstrap,
-                        topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=2)
+    settings = deployment(bootstrap, tmp_path, "t")
     port = free_port()
     ingest_env = dict(cli_env(settings), ENX_DATA_DIR=str(tmp_path / "ingest"), ENX_INGEST_PORT=str(port))
     logs = [tmp_path / "ingest.log", tmp_path / "worker.log", tmp_path / "rebuild.log"]
