@@ -139,7 +139,8 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
     try:
         partitions = [TopicPartition(t, p) for (t, p) in ends]
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp, start in (await consumer.beginning_offsets(partitions)).items():
+            consumer.seek(tp, start)  # explicit: seek_to_beginning is lazy and may lose to the reset on assign
         out: list[Any] = []
         left = {tp for tp in partitions if ends[(tp.topic, tp.partition)] > await consumer.position(tp)}
         while left:

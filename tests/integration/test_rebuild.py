@@ -245,7 +245,8 @@ async def _alert_ids_on(settings: Settings) -> list[str]:
         tps = [TopicPartition(settings.topic("alerts"), p) for p in range(settings.partitions)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        for tp, start in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, start)  # explicit: seek_to_beginning is lazy and may lose to the reset on assign
         ids: list[str] = []
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             for records in (await consumer.getmany(timeout_ms=500)).values():
