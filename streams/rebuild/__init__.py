@@ -43,7 +43,7 @@ topic already is a replay and is dropped; one that is not, detected at or after 
 live processor had judged its partition, is new (a stall of a webhook that came during the rebuild, or one
 that fell due while the workers were stopped) and is published onto the alerts topic, once. One the replay
 raises for an older past (another SLA, new rules) is in ClickHouse and pages nobody. The rebuild's alerts
-topic is deleted at the end. (A processor that has to be killed instead of stopping may leave an alert whose
+topic and its sink group are deleted at the end. (A processor that has to be killed instead of stopping may leave an alert whose
 table change it did not write: the live processor would raise that one again; the rebuild says so.)
 
 **If a rebuild stops half-way** (an error, Ctrl-C, the timeout) the live database is untouched and readers
@@ -425,7 +425,7 @@ async def _replay(run: _Run, before: dict[tuple[str, int], int], processors: int
         await _hand_over(run, offsets)
         run.echo(f"swapped the rebuilt tables into {run.database}; the replaced ones are in {previous} until the "
                  f"next rebuild (`DROP DATABASE {previous}` frees them now)")
-        await kafka.delete_topic(settings, run.alerts_topic)
+        await kafka.forget(settings, run.alerts_topic, run.sink_group)
         run.echo(f"rebuilt from {total(inputs)} webhook events (and findings); start the workers: the processor "
                  f"carries on from the rebuild's offsets, the sink from where the rebuild's sink stopped")
         return 0
@@ -506,4 +506,8 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, *, yes: 
         processors: int | None = None) -> int:
     """Check, confirm (``yes``, else ``confirm(question)``; neither: refuse), then rebuild into the shadow and
     swap it in. 0 when rebuilt; 1 when refused or failed (nothing replaced); 2 when not confirmed."""
-    return asyncio.run(_main(settings, echo, yes, confirm, timeout_s, processors))
+    try:
+        return asyncio.run(_main(settings, echo, yes, confirm, timeout_s, processors))
+    except KeyboardInterrupt:
+        echo("interrupted: the rebuild stopped (what that left is said above)")
+        return 130

@@ -119,12 +119,14 @@ async def reset(settings: Settings, processor_group: str, rebuild_sink_group: st
             await asyncio.sleep(0.5)  # re-creation poll, bounded by the deadline
 
 
-async def delete_topic(settings: Settings, topic: str) -> None:
+async def forget(settings: Settings, topic: str, group: str) -> None:
+    """Delete the rebuild's own topic and consumer group once it is done with them."""
     admin = admin_client(settings)
     await admin.start()
     try:
         if topic in await admin.list_topics():
             await admin.delete_topics([topic])
+        await _delete_groups(admin, [group])
     finally:
         await admin.close()
 

@@ -96,10 +96,10 @@ class Completion:
     there.
 
     - REPLAYING: the processors have committed the log and the findings up to their ends at the start.
-    - JUDGING: the sink has written every snapshot published until then, and no session in the shadow is
-      still ``pending`` with a deadline before the start: the watch decided every stall that was due (else
-      the live processor would decide it after the swap and publish an alert that is on the alerts topic
-      already).
+    - JUDGING: the sink has written every snapshot published until then, and no session of the shadow whose
+      webhooks all came before the start is still ``pending`` with a deadline before the start: the watch
+      decided every stall that was due then (else the live processor would decide it after the swap and
+      publish an alert that may be on the alerts topic already).
     - SETTLING: the processors have committed their command topic up to its end as of then (the alerts of
       those decisions are acknowledged).
     - WRITING: the sink has committed its sources up to their ends at the start and the processors' outputs

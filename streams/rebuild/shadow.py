@@ -60,10 +60,12 @@ def create(client: Any, database: str, echo: Callable[[str], None]) -> str:
 
 
 def overdue(client: Any, shadow: str, before_ms: int) -> int:
-    """Sessions of the shadow still waiting for a stall that was due before ``before_ms``."""
+    """Sessions of the shadow whose webhooks all came before ``before_ms`` (the live run could have judged them)
+    still waiting for a stall that was due by then. Sessions that webhooks keep arriving for are not counted:
+    with traffic that never stops, there would always be one the watch has not swept yet."""
+    at = f"fromUnixTimestamp64Milli(toInt64({int(before_ms)}))"
     return int(client.query(f"SELECT count() FROM {migrations.checked(shadow)}.sessions FINAL WHERE sla_state = "
-                            f"'pending' AND sla_deadline < fromUnixTimestamp64Milli(toInt64({int(before_ms)}))"
-                            ).result_rows[0][0])
+                            f"'pending' AND sla_deadline < {at} AND last_event_at < {at}").result_rows[0][0])
 
 
 def swap_statement(database: str, shadow: str, live_tables: list[str], shadow_tables: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -182,6 +183,17 @@ def test_a_rebuild_refused_against_a_running_worker_changes_nothing(bootstrap: s
                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert unasked.returncode == 2, unasked.stdout + unasked.stderr
     assert "webhook_events (12 rows)" in unasked.stdout and "--yes" in unasked.stdout
+    # asked in a terminal, answered no: nothing changed either
+    terminal, typed = pty.openpty()
+    try:
+        answered = subprocess.Popen([sys.executable, "-m", "streams.cli", "rebuild"], env=cli_env(settings),
+                                    cwd=ROOT, stdin=typed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        os.write(terminal, b"n\n")
+        out, _ = answered.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(typed)
+    assert answered.returncode == 1 and b"Replace them?" in out and b"nothing changed" in out, out
     assert asyncio.run(kafka_state(settings)) == kafka_before
 
 
