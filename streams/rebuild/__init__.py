@@ -223,8 +223,9 @@ def _start_sink(run: _Run, shadow_db: str) -> None:
     run.sink_task = asyncio.ensure_future(run_sink(run.settings, run.sink_stop, target=target, lock=run.lock))
 
 
-def _check_running(run: _Run) -> None:
-    for name, worker in run.workers.items():
+def _check_running(run: _Run, processors: bool = True) -> None:
+    """Raise when a worker (``processors``) or the sink of the rebuild has stopped by itself."""
+    for name, worker in run.workers.items() if processors else ():
         if worker.poll() is not None:
             raise RebuildError(f"the {name} worker exited with code {worker.returncode}; see "
                                f"{run.logs / f'rebuild-{name}.log'}")
@@ -348,7 +349,7 @@ async def _drain_sink(run: _Run, sources: dict, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     try:
         while reached(await kafka.committed(admin, run.sink_group), targets) < total(targets):
-            _check_running(run)
+            _check_running(run, processors=False)  # stopped on purpose
             if time.monotonic() > deadline:
                 raise RebuildError(f"the rebuild's sink did not write the processors' last records within "
                                    f"{timeout_s:.0f} s")
@@ -405,11 +406,11 @@ async def _replay(run: _Run, before: dict[tuple[str, int], int], processors: int
     inputs = await kafka.end_offsets(run.bootstrap, [log, reconcile])
     sources = await kafka.end_offsets(run.bootstrap, [log, settings.topic("deadletter"), reconcile,
                                                       settings.topic("alerts")])
-    await kafka.reset(settings, run.processor_group, run.sink_group, run.echo)
-    shadow_db = await run.call(shadow.create, run.client, run.database, run.echo)
-    run.echo(f"building {shadow_db}; readers keep seeing {run.database} until the swap")
     swapped = False
     try:
+        await kafka.reset(settings, run.processor_group, run.sink_group, run.echo)
+        shadow_db = await run.call(shadow.create, run.client, run.database, run.echo)
+        run.echo(f"building {shadow_db}; readers keep seeing {run.database} until the swap")
         _start_sink(run, shadow_db)
         _start_processors(run, processors)
         completion = Completion(inputs=inputs, sources=sources,
@@ -425,7 +426,11 @@ async def _replay(run: _Run, before: dict[tuple[str, int], int], processors: int
         await _hand_over(run, offsets)
         run.echo(f"swapped the rebuilt tables into {run.database}; the replaced ones are in {previous} until the "
                  f"next rebuild (`DROP DATABASE {previous}` frees them now)")
-        await kafka.forget(settings, run.alerts_topic, run.sink_group)
+        try:
+            await kafka.forget(settings, run.alerts_topic, run.sink_group)
+        except Exception as exc:  # noqa: BLE001 - the rebuild is done; the next one deletes them anyway
+            run.echo(f"warning: could not delete {run.alerts_topic} and group {run.sink_group} ({exc!r}); the next "
+                     f"rebuild does")
         run.echo(f"rebuilt from {total(inputs)} webhook events (and findings); start the workers: the processor "
                  f"carries on from the rebuild's offsets, the sink from where the rebuild's sink stopped")
         return 0
