@@ -64,7 +64,8 @@ def describe(plan: Plan) -> str:
             f"(deleted and rebuilt)\n"
             f"  - the committed offsets of consumer group {plan.sink_group} (set to where the rebuild's sink "
             f"stops)\n"
-            f"The event log, the dead letters, the findings and the alerts topic are only read.")
+            f"The event log, the dead letters and the findings are only read; the alerts topic gets only the new "
+            f"alerts the replay finds (stalls not paged yet), once each.")
 
 
 # -- complete, against targets fixed as it goes -----------------------------------------------------
