@@ -453,6 +453,8 @@ async def _main(settings: config.Settings, echo: Callable[[str], None], yes: boo
     from streams.sink.clickhouse import OwnerError, OwnerLock, connect, settings_path
 
     loop = asyncio.get_running_loop()
+    # SIGTERM stops it as Ctrl-C does: the processors stopped, the new alerts published, what it left said
+    loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="enx-rebuild-ch")
 
     def call(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
@@ -513,6 +515,6 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, *, yes: 
     swap it in. 0 when rebuilt; 1 when refused or failed (nothing replaced); 2 when not confirmed."""
     try:
         return asyncio.run(_main(settings, echo, yes, confirm, timeout_s, processors))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         echo("interrupted: the rebuild stopped (what that left is said above)")
         return 130
