@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -255,7 +255,9 @@ def run(settings: config.Settings, echo: Callable[[str], None] = print, timeout_
     for name, role in worker_plan(processors or default_processors(settings)):
         with open(logs / f"rebuild-{name}.log", "ab") as log:
             workers[name] = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--roles", role],
-                                             env=child_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                                             # several workers on one machine: none serves /metrics
+                                             env=child_env(replace(settings, worker_metrics_port=None)),
+                                             stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
     code = 0
     try:

@@ -67,6 +67,7 @@ from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.config import Settings
 from streams.processor import drain, rules
 from streams.processor.gaps import Continuity, LogReader
+from streams.processor.metrics import ProcessorMetrics
 from streams.processor.output import Output
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
@@ -133,9 +134,12 @@ def consumer_state(app: faust.App) -> str:
     return ", ".join(parts)
 
 
-def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> faust.App:
-    """The processor app for ``settings``; ``clock`` (Unix seconds) is the watch's wall clock."""
+def create_app(settings: Settings, clock: Callable[[], float] | None = None,
+               metrics: ProcessorMetrics | None = None) -> faust.App:
+    """The processor app for ``settings``; ``clock`` (Unix seconds) is the watch's wall clock; ``metrics``
+    what it counts for the worker's /metrics (metrics.py)."""
     clock = clock or default_clock()
+    metrics = metrics or ProcessorMetrics()
     codec = default_codec()
     sla_s = settings.transcode_sla_seconds
     retention_s = settings.state_retention_seconds
@@ -228,6 +232,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             after = change.after
             output.publish_latest(sessions_topic, partition, key, after, None if after is None else encode_state)
         for alert in change.alerts:
+            metrics.alerts[alert["kind"]] += 1
             log.info("alert %s for %s (deadline %s)", alert["kind"], key.decode(), alert["deadline"])
 
     rejects = RejectLimit()
@@ -247,6 +252,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         await output.send(deadletter_topic, None, codec.encode("DeadLetter", letter))
         log.error("%s[%d] offset %d (key %r) could not be processed and was not applied: %s. It is on %s as %s. %s",
                   tp.topic, tp.partition, offset, key, reason, deadletter_topic, letter["id"], then, exc_info=exc)
+        metrics.rejected[tp.topic] += 1
         rejects.failed()  # raises when too many have failed recently
         raise Rejected(letter["id"])
 
@@ -441,6 +447,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             rejected.clear()
             ack(message)
             handled += 1
+            metrics.handled[message.tp.topic] += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a long backlog never returns to the loop by itself
 
@@ -577,6 +584,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             return
         if not assigned:
             return
+        started = time.monotonic()
         await check_progress(assigned)
         if reindex["needed"] and not await rebuild_index(assigned):
             return
@@ -585,6 +593,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                                    retention_s, highwater, committed):
             if resend.due(name, op):
                 await commands.send(key=name.encode(), value=json.dumps({"op": op, "now": now}).encode())
+        metrics.sweep_seconds.observe(time.monotonic() - started)
 
+    metrics.watch_sessions(index)
     app.conf.enx_parts = {"tables": tables, "clocks": clocks, "index": index}  # for tests and the worker
     return app
