@@ -8,6 +8,9 @@
 - ``reconciler``: :func:`streams.reconcile.run.run_forever`, a pass against EnableX's Server API every
   ``ENX_RECONCILE_INTERVAL_S`` (needs ``ENX_ENABLEX_APP_ID`` and ``ENX_ENABLEX_APP_KEY``), as a service of
   the faust worker or under asyncio beside the sink.
+
+With ``ENX_WORKER_METRICS_PORT`` set, the process serves Prometheus ``/metrics`` for the roles it runs
+(:mod:`streams.worker_metrics`), from start to stop.
 """
 
 from __future__ import annotations
