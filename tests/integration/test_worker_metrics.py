@@ -1,12 +1,18 @@
-"""The worker's ``/metrics`` on the real broker: a real ``enx-streams worker --roles processor,sink`` (embedded
-ClickHouse), sessions on the log, and every counter and gauge read back by scraping it with the value it
-must have: the records on each topic, the alert of the one stalled session, the rows of each table, the one
-undecodable record dead-lettered by the sink, lag 0 on every partition once the commits are in.
+"""The worker's ``/metrics`` on the real broker.
+
+- A real ``enx-streams worker --roles processor,sink`` (embedded ClickHouse), sessions on the log, and every
+  counter and gauge read back by scraping it with the value it must have: the records on each topic, the
+  alert of the one stalled session, the rows of each table, the one undecodable record dead-lettered by the
+  sink, lag 0 on every partition once the commits are in; then a command the processor cannot handle, counted
+  as rejected and dead-lettered.
+- The lag sampler against a consumer group whose commits the test makes: the lag from the start, then from
+  each commit, and the age of the last commit on an injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.broker.local import free_port
 from streams.processor.app import command_topic
 from streams.sink.consumer import TOPIC_KINDS, sink_group
-from streams.worker_metrics import LAG_INTERVAL_S
+from streams.worker_metrics import LAG_INTERVAL_S, LagSampler
 from tests.integration.test_processor import APP, PARTITIONS, _send, confs, event, fresh_settings, produce
 from tests.polling import poll
 
@@ -133,6 +139,27 @@ def test_the_worker_exports_what_it_did(bootstrap: str, tmp_path: Path) -> None:
         assert set(ages) == {"processor", "sink"} and all(0 <= a < 60 for a in ages.values()), ages
         assert 0 <= one(samples, "enx_worker_lag_sample_age_seconds") <= 3 * LAG_INTERVAL_S
         assert samples["process_resident_memory_bytes"]
+
+        # a command the processor cannot handle (its key is no text): rejected, dead-lettered, its partition goes on
+        command = json.dumps({"op": "stall", "now": int(now * 1000)}).encode()
+        asyncio.run(_send(bootstrap, command_topic(settings), b"\xff\xfe", command))
+
+        poll("the rejected command counted", lambda: by(scrape(url), "enx_processor_rejected_total", "topic"), 60, log)
+        # acked once a later record is handled (processor/app.py): without one its commit would stay behind it
+        produce(settings, [event("roomdrop", "after-the-command", now, now)])
+
+        def rejected() -> Samples | None:
+            later = caught_up()
+            return later if later and by(later, "enx_sink_rows_inserted_total", "table")["dead_letters"] == 2 else None
+
+        later = poll("the rejected command's dead letter sunk, and every commit in", rejected, 60, log)
+        assert by(later, "enx_processor_rejected_total", "topic") == {command_topic(settings): 1}
+        ends = _ends_now()
+        handled = by(later, "enx_processor_events_total", "topic")
+        assert handled[command_topic(settings)] + 1 == ends[command_topic(settings)]  # every other one handled
+        assert handled[webhooks] == len(events) + 2
+        assert by(later, "enx_sink_rows_inserted_total", "table")["webhook_events"] == len(events) + 1
+        assert one(later, "enx_sink_dead_letters_total") == 1  # the processor's letter is a record like any other
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -141,3 +168,77 @@ def test_the_worker_exports_what_it_did(bootstrap: str, tmp_path: Path) -> None:
             proc.kill()
             code = proc.wait()
     assert code == 0, log.read_text()[-3000:]
+
+
+async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+def sampled(sampler: LagSampler) -> None:
+    """One sample, once the broker has a group coordinator (a fresh broker has none until its offsets topic
+    exists; the sampler's thread retries the same way, keeping its last sample meanwhile)."""
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
+
+    def once() -> bool:
+        try:
+            asyncio.run(_sampled(sampler))
+        except GroupCoordinatorNotAvailableError:
+            return False
+        return True
+
+    poll("a sample of the group's offsets", once, 30)
+
+
+async def _sampled(sampler: LagSampler) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=sampler.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=sampler.bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        await sampler.sample(admin, consumer)
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def test_the_lag_sampler_reads_the_group_from_the_broker(bootstrap: str, tmp_path: Path) -> None:
+    settings = fresh_settings(bootstrap, tmp_path)
+    topic, group = settings.topic("alerts"), f"{settings.topic_prefix}test-group"
+    per_partition = confs("lag-", 3)  # three sessions on each partition
+    produce(settings, [event("roomdrop", c, 0, 0) for c in per_partition], "alerts")
+    now = [1000.0]
+    sampler = LagSampler(bootstrap, {"sink": (group, [topic])}, clock=lambda: now[0])
+
+    def exported() -> tuple[dict[int, float], float, float]:
+        samples: Samples = defaultdict(dict)
+        for family in sampler.collect():
+            for sample in family.samples:
+                samples[sample.name][frozenset(sample.labels.items())] = sample.value
+        labels = [dict(k) for k in samples["enx_worker_consumer_lag"]]
+        assert all(x.keys() - {"partition"} == {"role", "group", "topic"} and (x["role"], x["group"], x["topic"])
+                   == ("sink", group, topic) for x in labels), labels
+        lag = {int(dict(k)["partition"]): v for k, v in samples["enx_worker_consumer_lag"].items()}
+        return lag, one(samples, "enx_worker_last_commit_age_seconds"), one(samples, "enx_worker_lag_sample_age_seconds")
+
+    assert exported() == ({}, 0.0, -1)  # nothing sampled yet
+    now[0] = 1010.0
+    sampled(sampler)
+    assert exported() == ({p: 3 for p in range(PARTITIONS)}, 10.0, 0.0)  # never committed: from the start
+
+    asyncio.run(_commit(bootstrap, group, {TopicPartition(topic, 0): 1, TopicPartition(topic, 1): 3}))
+    now[0] = 1020.0
+    sampled(sampler)
+    assert exported() == ({0: 2, 1: 0, 2: 3, 3: 3}, 0.0, 0.0)  # the commit moved: the last commit is now
+
+    now[0] = 1080.0
+    sampled(sampler)
+    now[0] = 1090.0
+    assert exported() == ({0: 2, 1: 0, 2: 3, 3: 3}, 70.0, 10.0)  # nothing committed since
