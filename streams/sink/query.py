@@ -140,9 +140,9 @@ def query_server(settings: Settings, sql: str, fmt: str) -> bytes:
 def query_directly(settings: Settings, db_path: Path, sql: str, fmt: str) -> bytes:
     """Open the unowned directory ``db_path`` in this process, read-only, for one query.
 
-    Holds the owner lock meanwhile (raises :class:`OwnerError` when another process took it first), so
-    nothing else opens the directory under the query; a sink starting in that moment is refused and says
-    who holds it.
+    Holds the owner lock meanwhile, marked as a reader's (raises :class:`OwnerError` when an owner took it
+    first), so nothing else opens the directory under the query; a sink or a migration starting in that
+    moment waits for the query to finish (:data:`streams.sink.clickhouse.READER_WAIT_S` at most).
     """
     from streams.sink.clickhouse import OwnerLock, connect
 
@@ -152,7 +152,7 @@ def query_directly(settings: Settings, db_path: Path, sql: str, fmt: str) -> byt
                          f"--data-dir / ENX_DATA_DIR")
     if not FORMAT_NAME.match(fmt):
         raise QueryError(f"{fmt!r} is not a ClickHouse format name")
-    with OwnerLock.acquire(db_path, "enx-streams sql (read-only, no owner was running)"):
+    with OwnerLock.acquire(db_path, "enx-streams sql (read-only, no owner was running)", transient=True):
         try:
             client = connect(settings, readonly=True)
         except ClickHouseError as exc:

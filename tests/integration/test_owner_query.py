@@ -18,7 +18,8 @@ import pytest
 
 from streams.config import Settings
 from streams.sink import migrations
-from streams.sink.clickhouse import OwnerError, OwnerLock, connect, current_owner, settings_path, socket_path
+from streams.sink.clickhouse import OwnerError, OwnerInfo, OwnerLock, connect, current_owner, settings_path, \
+    socket_path
 from streams.sink.owner import QueryServer, serve_queries
 from streams.sink.query import QueryError, run_query
 
@@ -243,3 +244,55 @@ async def test_closing_the_owner_removes_its_socket(tmp_path: Path):
             await server.close()
     assert not sock.exists()
     assert await sql(settings, "SELECT 'itself'", "TSV") == b"itself\n"  # no owner: read in this process
+
+
+def _reader(path: Path) -> subprocess.Popen:
+    """A process holding ``path`` as ``enx-streams sql`` does with no owner running, until its stdin closes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from streams.sink.clickhouse import "
+         "OwnerLock; lock = OwnerLock.acquire(Path(sys.argv[1]), 'enx-streams sql (test)', transient=True); "
+         "print('held', flush=True); sys.stdin.read(); lock.release()", str(path)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_an_owner_starting_while_sql_reads_waits_for_the_read(tmp_path: Path):
+    """The reason sql-without-owner was once reverted: a sink restarted while a query held the directory
+    was refused. Now it waits for the reader (the injected sleep is where it waits: the reader finishes)."""
+    path = tmp_path / "clickhouse"
+    reader = _reader(path)
+    waits: list[float] = []
+
+    def reader_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        if reader.poll() is None:
+            reader.stdin.close()
+            reader.wait(timeout=30)
+
+    try:
+        assert current_owner(path).transient
+        with OwnerLock.acquire(path, "sink", sleep=reader_finishes) as lock:
+            assert lock.held and current_owner(path) == OwnerInfo(os.getpid(), "sink", False)
+        assert waits  # it waited, it was not refused
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def test_a_reader_that_outlasts_the_wait_is_named(tmp_path: Path):
+    path = tmp_path / "clickhouse"
+    reader = _reader(path)
+    now = [0.0]
+
+    def advance(seconds: float) -> None:
+        now[0] += 10.0
+
+    try:
+        with pytest.raises(OwnerError, match=rf"pid {reader.pid} \(enx-streams sql \(test\)\)"):
+            OwnerLock.acquire(path, "sink", wait_s=30.0, clock=lambda: now[0], sleep=advance)
+        assert now[0] >= 30.0  # it waited the whole time first
+        assert current_owner(path).pid == reader.pid  # and took nothing from the reader
+    finally:
+        reader.kill()
+        reader.wait()
