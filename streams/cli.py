@@ -194,11 +194,12 @@ def migrate(settings: config.Settings) -> None:
 @with_settings
 def sql(settings: config.Settings, query: Annotated[str, typer.Argument(help="the SQL to run")],
         format: Annotated[str, typer.Option("--format", help="any ClickHouse output format")] = "PrettyCompact") -> None:
-    """Run SQL on the configured ClickHouse and print it (embedded: through the process that owns it)."""
+    """Run SQL on the configured ClickHouse and print it (embedded: through the process that owns it, or
+    read-only in this process when none runs)."""
     from streams.sink.query import QueryError, run_query
 
     try:
-        out = run_query(settings, query, format)
+        out = run_query(settings, query, format, notice=lambda m: typer.echo(m, err=True))
     except QueryError as exc:
         fail(str(exc))
     sys.stdout.buffer.write(out)

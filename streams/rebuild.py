@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams import config
+from streams import config, internals
 
 PROJECTION_TABLES = ("webhook_events", "session_files", "sessions", "sla_alerts", "dead_letters",
                      "events_per_minute", "dead_letters_per_minute", "reconcile_findings")
@@ -100,7 +100,7 @@ async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+            await internals.refresh_metadata(consumer)
             partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         return await consumer.end_offsets(partitions) if partitions else {}
     finally:
@@ -152,7 +152,7 @@ async def reset_kafka(settings: config.Settings, echo: Callable[[str], None]) ->
         for group in (processor, sink):
             try:
                 node = await admin.find_coordinator(group)
-                await admin._send_request(DeleteGroupsRequest([group]), node)  # noqa: SLF001
+                await internals.send_admin_request(admin, DeleteGroupsRequest([group]), node)
             except Exception:  # noqa: BLE001 - the group may not exist
                 pass
         echo(f"reset consumer groups {processor} and {sink}")

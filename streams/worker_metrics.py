@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from streams import internals
 from streams.config import Settings
 from streams.processor.metrics import ProcessorMetrics
 from streams.sink.metrics import SinkMetrics
@@ -154,7 +155,7 @@ class LagSampler(Collector):
         """One sample of every group (raises when the broker does not answer)."""
         from aiokafka import TopicPartition
 
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        await internals.refresh_metadata(consumer)  # the topics' partitions as they are now
         taken: dict[str, tuple[dict, dict]] = {}
         for role, (group, topics) in self.groups.items():
             tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]

@@ -209,9 +209,13 @@ def test_dev_end_to_end(dev: Dev) -> None:
 
     assert not LocalKafka(dev.data_dir, config.default_cache_dir(), port=dev.kafka_port).status().running
 
-    no_owner = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "SELECT 1"], env=dev.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
-    assert no_owner.returncode != 0 and "enx-streams dev" in no_owner.stderr
+    # a stopped dev's data stays readable: sql opens the directory itself, read-only, and says so
+    no_owner = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "--format", "JSONEachRow",
+                               "SELECT count() AS n FROM enablex.webhook_events FINAL"], env=dev.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert no_owner.returncode == 0, no_owner.stderr
+    assert "no process owns" in no_owner.stderr and "read-only" in no_owner.stderr
+    assert int(json.loads(no_owner.stdout)["n"]) == len(BODIES)
 
     # a second dev on the same data directory resumes with all data
     dev.start()
