@@ -1,9 +1,10 @@
 """The Prometheus side of ``dashboards/``: every PromQL query of the panels and rules, the metric and label
 names each one reads, and the names ingest and the worker export (pure helpers, no I/O but reading).
 
-PromQL is not run here (no Prometheus in the tests); instead :func:`names_in` reads a query with a small
-tokenizer, so a panel or rule naming a metric or a label nothing exports (a typo, a renamed metric) fails
-the check instead of drawing an empty graph or never firing.
+PromQL is not run here (no Prometheus in the tests); instead each query is parsed by ``promql-parser`` (a
+port of Prometheus' own parser: a syntax or type error fails) and :func:`names_in` walks its tree, so a panel
+or rule naming a metric or a label nothing exports (a typo, a renamed metric) fails the check instead of
+drawing an empty graph or never firing.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from tests.dashboards import (DASHBOARDS_DIR, PROMETHEUS_UID, PROVISIONING_DIR, 
 # what Prometheus itself gives every target, and the labels it attaches
 PROMETHEUS_SERIES = {"up": frozenset(), "scrape_duration_seconds": frozenset(), "scrape_samples_scraped": frozenset()}
 TARGET_LABELS = frozenset({"job", "instance"})
-FUNCTIONS_AND_KEYWORDS_WITH_PARENS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
-OPERATOR_WORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"}
 
 
 class PromQuery(NamedTuple):
@@ -48,34 +47,11 @@ def queries(dashboards_dir: Path = DASHBOARDS_DIR, provisioning_dir: Path = PROV
 
 # -- reading a query --------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"""
-    (?P<ws>\s+)
-  | (?P<comment>\#[^\n]*)
-  | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-  | (?P<range>\[[^\]]*\])
-  | (?P<variable>\$\{?[A-Za-z_][A-Za-z0-9_]*\}?)
-  | (?P<duration>\d+(?:ms|[smhdwy])(?:\d+(?:ms|[smhdwy]))*)
-  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
-  | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
-  | (?P<open>\()
-  | (?P<close>\))
-  | (?P<lbrace>\{)
-  | (?P<rbrace>\})
-  | (?P<other>[-+*/%^=!<>~,]+)
-""", re.VERBOSE)
-
-
-def _tokens(expr: str, where: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(expr):
-        m = _TOKEN.match(expr, pos)
-        if m is None:
-            raise DashboardError(f"{where}: cannot read the PromQL at `{expr[pos:pos + 30]}`")
-        if m.lastgroup not in ("ws", "comment"):
-            out.append((m.lastgroup or "other", m.group()))
-        pos = m.end()
-    return out
+# Grafana's own variables in a Prometheus query, replaced by a value of their kind before parsing (Grafana does
+# the same before it sends the query)
+GRAFANA_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "6h", "__range_s": "21600",
+                     "__interval_ms": "15000"}
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
 class Names(NamedTuple):
@@ -83,53 +59,70 @@ class Names(NamedTuple):
     labels: frozenset[str]
 
 
-def names_in(expr: str, where: str = "query") -> Names:
-    """The metric names a PromQL expression selects and the label names it uses (in matchers and in
-    ``by``/``without``/``on``/``ignoring``/``group_left``/``group_right`` lists). Functions and aggregations
-    (an identifier before ``(``) and operator words are neither; ``{__name__="x"}`` selects ``x``."""
-    if not expr.strip():
+def parse(expr: str, where: str = "query") -> Any:
+    """The query's syntax tree, by promql-parser (the Rust port of Prometheus' own parser, with its type
+    checks), after Grafana's variables are replaced; a clear error for anything Prometheus would refuse."""
+    import promql_parser
+
+    def variable(m: re.Match[str]) -> str:
+        if m.group(1) not in GRAFANA_VARIABLES:
+            raise DashboardError(f"{where}: ${m.group(1)} is not a Grafana variable this project uses")
+        return GRAFANA_VARIABLES[m.group(1)]
+
+    text = _VARIABLE.sub(variable, expr)
+    if not text.strip():
         raise DashboardError(f"{where}: an empty PromQL query")
-    tokens = _tokens(expr, where)
+    try:
+        return promql_parser.parse(text)
+    except ValueError as exc:
+        raise DashboardError(f"{where}: not valid PromQL ({exc}): {expr}") from None
+
+
+def names_in(expr: str, where: str = "query") -> Names:
+    """The metric names a PromQL expression selects (``x``, or ``{__name__="x"}``) and the label names it
+    uses: in matchers, and in ``by``/``without``/``on``/``ignoring``/``group_left``/``group_right`` lists."""
+    import promql_parser as P
+
     metrics: set[str] = set()
     labels: set[str] = set()
-    depth = 0
-    i = 0
-    while i < len(tokens):
-        kind, text = tokens[i]
-        following = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
-        if kind == "open":
-            depth += 1
-        elif kind == "close":
-            depth -= 1
-        elif kind == "lbrace":
-            end = next((j for j in range(i + 1, len(tokens)) if tokens[j][0] == "rbrace"), None)
-            if end is None:
-                raise DashboardError(f"{where}: a label matcher without its closing brace")
-            inner = tokens[i + 1:end]
-            for j, (k, t) in enumerate(inner):
-                if k == "ident" and (j == 0 or inner[j - 1][1] == ","):
-                    if t == "__name__" and j + 2 < len(inner) and inner[j + 1][1] == "=" \
-                            and inner[j + 2][0] == "string":
-                        metrics.add(inner[j + 2][1][1:-1])
-                    elif t != "__name__":
-                        labels.add(t)
-            i = end
-        elif kind == "ident":
-            lowered = text.lower()
-            if lowered in FUNCTIONS_AND_KEYWORDS_WITH_PARENS:
-                if following[0] != "open":
-                    raise DashboardError(f"{where}: `{text}` needs a label list in parentheses")
-                end = next(j for j in range(i + 2, len(tokens)) if tokens[j][0] == "close")
-                labels.update(t for k, t in tokens[i + 2:end] if k == "ident")
-                i = end
-            elif following[0] == "open" or lowered in OPERATOR_WORDS \
-                    or (following[0] == "ident" and following[1].lower() in ("by", "without")):
-                pass  # a function or aggregation (``sum by (x) (...)`` too), or an operator
+
+    def matchers(group: Any) -> None:
+        for matcher in [*group.matchers, *(m for ms in group.or_matchers for m in ms)]:
+            if matcher.name == "__name__":
+                metrics.add(matcher.value)
             else:
-                metrics.add(text)
-        i += 1
-    if depth != 0:
-        raise DashboardError(f"{where}: unbalanced parentheses")
+                labels.add(matcher.name)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, P.VectorSelector):
+            if node.name:
+                metrics.add(node.name)
+            matchers(node.matchers)
+        elif isinstance(node, P.MatrixSelector):
+            walk(node.vector_selector)
+        elif isinstance(node, P.AggregateExpr):
+            if node.modifier is not None:
+                labels.update(node.modifier.labels)
+            walk(node.expr)
+            if node.param is not None:
+                walk(node.param)
+        elif isinstance(node, P.BinaryExpr):
+            modifier = node.modifier
+            if modifier is not None:
+                if modifier.matching is not None:
+                    labels.update(modifier.matching.labels)
+                labels.update(modifier.group_labels or ())
+            walk(node.lhs)
+            walk(node.rhs)
+        elif isinstance(node, P.Call):
+            for arg in node.args:
+                walk(arg)
+        elif isinstance(node, (P.ParenExpr, P.UnaryExpr, P.SubqueryExpr)):
+            walk(node.expr)
+        elif not isinstance(node, (P.NumberLiteral, P.StringLiteral)):
+            raise DashboardError(f"{where}: a PromQL node this reader does not know: {type(node).__name__}")
+
+    walk(parse(expr, where))
     return Names(frozenset(metrics), frozenset(labels))
 
 

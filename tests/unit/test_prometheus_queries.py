@@ -72,12 +72,15 @@ def test_a_query_naming_an_unknown_metric_or_label_fails() -> None:
     assert problems('up{job=~"enx-.*"} == 0') == []
 
 
-def test_the_tokenizer_tells_metrics_from_functions_keywords_and_labels() -> None:
+def test_the_reader_tells_metrics_from_functions_keywords_and_labels() -> None:
     names = promql.names_in('histogram_quantile(0.99, sum by (le) (rate(a_bucket{x="1, y", z!~"b"}[$__rate_interval] '
-                            'offset 1h))) / on (k) group_left (g) b > bool 2 and c unless sum(d) without (w)')
-    assert names.metrics == {"a_bucket", "b", "c", "d"}
-    assert names.labels == {"le", "x", "z", "k", "g", "w"}
-    for broken in ("sum(a", "a{x=\"1\"", "", "a ? b"):
+                            'offset 1h))) / on (k) group_left (g) b > bool 2 and c unless sum(d) without (w) '
+                            'or max_over_time({__name__="e", v="1"}[5m:1m])')
+    assert names.metrics == {"a_bucket", "b", "c", "d", "e"}
+    assert names.labels == {"le", "x", "z", "k", "g", "w", "v"}
+    for broken in ("sum(a", 'a{x="1"', "", "a ? b",
+                   "rate(a)",                   # a type error: rate takes a range vector
+                   "a[$__unknown_interval]"):   # not a Grafana variable
         with pytest.raises(DashboardError):
             promql.names_in(broken)
 
