@@ -323,6 +323,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
         for r in records:
             try:
                 await on_webhook(tp.partition, r.offset, r.key, r.value)
+                metrics.handled[tp.topic] += 1
             except Rejected:
                 pass  # dead-lettered; acked with the hole below (a hole's records are not held back)
         internals.mark_acked(app.consumer, tp, holes)
