@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -135,6 +136,61 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _frame_ends(f: BinaryIO, start: int, stop: int) -> Iterator[int]:
+    """The end offset of each frame from ``start`` whose declared length fits before ``stop``, hopping from
+    header to header (8 bytes read per frame; payloads and CRCs are not read)."""
+    pos = start
+    while True:
+        f.seek(pos)
+        header = f.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return
+        (length, _crc) = HEADER.unpack(header)
+        if length > MAX_FRAME_PAYLOAD or pos + HEADER.size + length > stop:
+            return
+        pos += HEADER.size + length
+        yield pos
+
+
+def read_marker(path: Path, marker: Path) -> int:
+    """The marker of the spool file ``path``, checked: past the end of the file it reads as 0 (the file was
+    emptied after it); not on a frame boundary (never written so, but a marker is a plain file) it reads as
+    the boundary before it, so at most one frame is sent again and none is skipped."""
+    try:
+        value = int(marker.read_text() or 0)
+        size = path.stat().st_size
+    except (OSError, ValueError):
+        return 0
+    if value <= 0 or value > size:
+        return 0
+    with open(path, "rb") as f:
+        return max(_frame_ends(f, 0, value), default=0)
+
+
+@dataclass(frozen=True)
+class SpoolView:
+    """What a spool directory holds for Kafka, read without changing anything (``enx-streams status``)."""
+
+    pending_bytes: int
+    pending_frames: int  # frames after the marker, counted by their headers (a torn tail is not counted)
+    oldest: Frame | None  # the first of them, if intact
+
+
+def peek(directory: Path) -> SpoolView | None:
+    """The spool in ``directory`` as it stands, read-only (no repair, no file created: ingest may be running
+    or not); None when there is no spool file. Reads the frame headers past the marker, and one frame."""
+    path, marker = Path(directory) / "spool.log", Path(directory) / "spool.acked"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    acked = read_marker(path, marker)
+    with open(path, "rb") as f:
+        oldest = read_frames(f, acked, 1)[0]
+        frames = sum(1 for _ in _frame_ends(f, acked, size))
+    return SpoolView(pending_bytes=max(0, size - acked), pending_frames=frames, oldest=oldest[0] if oldest else None)
+
+
 class Spool:
     """Blocking file operations: call them from a thread (the producer does)."""
 
@@ -152,31 +208,7 @@ class Spool:
         self._drop_torn_tail()
 
     def _read_marker(self) -> int:
-        """The marker, checked: past the end of the file it reads as 0 (the file was emptied after it); not
-        on a frame boundary (never written so, but a marker is a plain file) it reads as the boundary before
-        it, so at most one frame is sent again and none is skipped."""
-        try:
-            marker = int(self.marker.read_text() or 0)
-        except (OSError, ValueError):
-            return 0
-        if marker <= 0 or marker > self.size():
-            return 0
-        return self._boundary_at_or_before(marker)
-
-    def _boundary_at_or_before(self, offset: int) -> int:
-        """Hop from frame header to frame header (reading 8 bytes per frame) up to ``offset``."""
-        pos = 0
-        with open(self.path, "rb") as f:
-            while pos < offset:
-                f.seek(pos)
-                header = f.read(HEADER.size)
-                if len(header) < HEADER.size:
-                    break
-                (length, _crc) = HEADER.unpack(header)
-                if pos + HEADER.size + length > offset:
-                    break
-                pos += HEADER.size + length
-        return pos
+        return read_marker(self.path, self.marker)
 
     def _drop_torn_tail(self) -> None:
         """Check the frames after the marker, reading forward a batch at a time: a torn last frame (a crash
