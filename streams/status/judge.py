@@ -94,13 +94,15 @@ def _since(now_ms: int, then_ms: int | None) -> float | None:
     return None if then_ms is None else (now_ms - then_ms) / 1000
 
 
-def lagging(group: Group, most: int = 4) -> str:
-    """The partitions with lag, e.g. ``enablex.webhooks.v1 p0 12, p3 7``, the largest first."""
+def lagging(group: Group, most: int = 6) -> str:
+    """The partitions with lag, by topic, e.g. ``enablex.webhooks.v1 p3 12, p0 7; enablex.alerts.v1 p1 1``
+    (the largest first; at most ``most`` partitions named)."""
     behind = sorted((p for p in group.partitions if p.lag), key=lambda p: (-p.lag, p.topic, p.partition))
-    parts = [f"{p.topic} p{p.partition} {p.lag}" for p in behind[:most]]
-    if len(behind) > most:
-        parts.append(f"{len(behind) - most} more")
-    return ", ".join(parts)
+    by_topic: dict[str, list[str]] = {}
+    for p in behind[:most]:
+        by_topic.setdefault(p.topic, []).append(f"p{p.partition} {p.lag}")
+    text = "; ".join(f"{topic} {', '.join(lags)}" for topic, lags in by_topic.items())
+    return text + (f"; {len(behind) - most} more partition(s)" if len(behind) > most else "")
 
 
 # -- the checks ------------------------------------------------------------------------------------

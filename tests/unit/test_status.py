@@ -17,7 +17,7 @@ from streams.status import render
 from streams.status.facts import (Broker, ClickHouse, Facts, Group, Ingest, Newest, Owner, PartitionLag,
                                   Spool as SpoolFacts)
 from streams.status.gather import ingest_url, spool_of
-from streams.status.judge import DEGRADED, INFO, OK, UNKNOWN, Limits, age, judge, size
+from streams.status.judge import DEGRADED, INFO, OK, UNKNOWN, Limits, age, judge, lagging, size
 
 NOW = 1_800_000_000_000
 LOG = "enablex.webhooks.v1"
@@ -94,7 +94,14 @@ def test_a_group_without_a_live_member_and_records_waiting_is_degraded_naming_it
     name = dict((g.role, g.name) for g in facts.groups)[role]
     assert c.why == f"consumer group {name} has no live member and 5 record(s) wait, more with every webhook"
     assert f"`enx-streams worker --roles {role}`" in c.do
-    assert f"{LOG} p1 3, {LOG} p0 2" in c.detail
+    assert f"lag 5 ({LOG} p1 3, p0 2)" in c.detail
+
+
+def test_the_lagging_partitions_are_named_by_topic_the_largest_first_at_most_six() -> None:
+    g = Group("sink", "s", members=1, partitions=parts(1, 0, 9) + parts(2, 2, topic="enablex.alerts.v1")
+              + parts(*range(1, 6), topic="enablex.sessions.v1"))
+    assert lagging(g) == ("enablex.webhooks.v1 p2 9; enablex.sessions.v1 p4 5, p3 4, p2 3; "
+                          "enablex.alerts.v1 p0 2, p1 2; 3 more partition(s)")
 
 
 def test_a_group_without_a_live_member_is_degraded_even_with_nothing_waiting() -> None:
