@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import for_code
 
 from streams.config import Settings
 from streams.status import facts as F
@@ -76,20 +77,23 @@ class _KafkaRead:
             self.reachable = True
             await consumer.start()
             plan = group_topics(self.settings)
-            names = sorted({t for _, topics in plan.values() for t in topics})
+            # only topics that exist are described: a metadata request naming others would create them on a
+            # broker with auto.create.topics.enable (Kafka's default)
+            existing = set(await admin.list_topics())
+            names = sorted({t for _, topics in plan.values() for t in topics} & existing)
             tps = [TopicPartition(d["topic"], p["partition"]) for d in await admin.describe_topics(names)
-                   if not d["error_code"] for p in d["partitions"]]
+                   if not d["error_code"] for p in d["partitions"]] if names else []
             starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
             for role, (name, topics) in plan.items():
                 self.groups[role] = await self._group(admin, role, name, topics, tps, starts, ends)
-            for role, (name, _) in plan.items():
+            for role in plan:
                 self.groups[role] = await self._oldest_waiting(consumer, self.groups[role])
             self.newest = await self._newest(consumer, starts, ends)
         finally:
-            for client in (consumer, admin):
+            for closing in (consumer.stop(), admin.close()):
                 try:
-                    await client.stop() if client is consumer else await client.close()
-                except Exception:  # noqa: BLE001 - closing what never connected
+                    await asyncio.wait_for(closing, 1.0)
+                except Exception:  # noqa: BLE001 - closing what never connected, or a broker gone quiet
                     pass
 
     async def _group(self, admin: Any, role: str, name: str, topics: list[str], tps: list[Any],
@@ -97,6 +101,8 @@ class _KafkaRead:
         try:
             described = await admin.describe_consumer_groups([name])
             group = described[0].groups[0]  # (error_code, group_id, state, protocol_type, protocol, members, ...)
+            if group[0]:
+                raise for_code(group[0])()
             state, members = str(group[2]), len(group[5])
             committed = {tp: m.offset for tp, m in (await admin.list_consumer_group_offsets(name)).items()
                          if m.offset >= 0}
@@ -111,7 +117,8 @@ class _KafkaRead:
         """The group with the received time of the oldest webhook it has not committed (of each partition's
         first uncommitted record, the oldest)."""
         log = self.settings.topic("webhooks")
-        wanted = {TopicPartition(p.topic, p.partition): p.end - p.lag for p in group.partitions if p.topic == log and p.lag}
+        wanted = {TopicPartition(p.topic, p.partition): p.end - p.lag
+                  for p in group.partitions if p.topic == log and p.lag}
         if not wanted:
             return group
         records = await _records_at(consumer, wanted)
