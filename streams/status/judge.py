@@ -18,6 +18,7 @@ A part that could not be checked because of another's failure (the groups while 
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from streams.status.facts import Facts, Group
@@ -88,6 +89,11 @@ def size(nbytes: int | None) -> str:
         if nbytes >= scale:
             return f"{nbytes / scale:.1f} {unit}"
     return f"{nbytes} B"
+
+
+def utc(ms: int) -> str:
+    """``2026-12-03 16:40:01Z``."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _since(now_ms: int, then_ms: int | None) -> float | None:
@@ -221,8 +227,7 @@ def check_owner(facts: Facts) -> Check:
         return Check("owner", INFO, f"a ClickHouse server ({o.where}): no embedded owner")
     if o.pid is None and not o.command:
         return Check("owner", INFO, f"no process owns {o.where}")
-    since = _since(facts.now_ms, o.since_ms)
-    held = f" for {age(since)}" if since is not None else ""
+    held = f" since {utc(o.since_ms)} ({age(_since(facts.now_ms, o.since_ms))})" if o.since_ms is not None else ""
     return Check("owner", INFO, f"pid {o.pid} ({o.command}) owns {o.where}{held}")
 
 

@@ -225,7 +225,9 @@ def test_an_empty_clickhouse_is_fine_and_says_so() -> None:
 
 def test_the_owner_is_named_with_its_pid_and_how_long_it_holds_the_directory() -> None:
     assert check(healthy(), "owner").detail == ("pid 42 (enx-streams worker --roles processor,sink) owns "
-                                                "/d/clickhouse for 60 min")
+                                                "/d/clickhouse since 2027-01-15 07:00:00Z (60 min)")
+    unknown_since = healthy(owner=Owner(True, "/d/clickhouse", pid=42, command="enx-streams dev"))
+    assert check(unknown_since, "owner").detail == "pid 42 (enx-streams dev) owns /d/clickhouse"
 
 
 def test_the_newest_event_and_alert_come_from_the_log_else_from_clickhouse() -> None:
