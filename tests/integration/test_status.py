@@ -173,23 +173,41 @@ def test_status_is_healthy_with_the_pipeline_running_then_names_the_group_a_stop
     assert text.out.splitlines()[0].startswith(f"degraded: consumer group {processor} has no live member and ")
 
 
-def test_status_says_the_broker_is_down_and_what_to_do_within_seconds(tmp_path: Path) -> None:
+def test_status_says_the_broker_is_down_and_what_to_do_within_seconds_and_shows_the_spool(tmp_path: Path) -> None:
     broker = LocalKafka(tmp_path / "broker", config.default_cache_dir(), port=free_port())
     broker.start(timeout_s=90)
-    env = dict(os.environ, ENX_DATA_DIR=str(tmp_path / "data"), ENX_KAFKA_BOOTSTRAP=broker.bootstrap,
-               ENX_INGEST_PORT=str(free_port()), ENX_CACHE_DIR=str(config.default_cache_dir()))
+    stack = Stack(broker.bootstrap, tmp_path)
     try:
-        up = status("--format", "json", env=env)
+        stack.start("ingest", "ingest")
+        poll("ingest ready", stack.ready, 120, stack.log("ingest"))
+        up = stack.status("--format", "json")
         assert up.check("broker")["level"] == "ok", up.out + up.err
-    finally:
         broker.stop()
-    down = status(env=env)
-    assert down.code == 1 and down.seconds < 8, (down.seconds, down.out, down.err)
-    assert down.out.splitlines()[0].startswith(f"degraded: Kafka is unreachable at {broker.bootstrap}")
-    assert "`enx-streams kafka start`" in down.out.splitlines()[0]
-    as_json = status("--format", "json", env=env)
-    assert as_json.code == 1 and as_json.report["problems"][0]["check"] == "broker"
-    assert {as_json.check(role)["level"] for role in ("processor", "sink")} == {"unknown"}
+        for i in range(3):  # answered from the spool
+            stack.post(f"spooled{i}")
+
+        down = stack.status()
+        assert down.code == 1 and down.seconds < 8, (down.seconds, down.out, down.err)
+        first = down.out.splitlines()[0]
+        assert first.startswith(f"degraded: Kafka is unreachable at {broker.bootstrap}")
+        assert "`enx-streams kafka start`" in first
+        as_json = stack.status("--format", "json")
+        assert as_json.code == 1 and as_json.report["problems"][0]["check"] == "broker"
+        assert {as_json.check(role)["level"] for role in ("processor", "sink")} == {"unknown"}
+        assert as_json.check("ingest")["level"] == "ok"  # it spools: the broker is the one reason
+        spool = as_json.report["facts"]["spool"]
+        assert (spool["source"], spool["frames"]) == ("ingest", 3) and spool["bytes"] > 0, spool
+
+        stack.stop("ingest")  # its spool stays for the next ingest: read from the data directory
+        left = stack.status("--format", "json", "--max-age", "0")
+        spool = left.report["facts"]["spool"]
+        assert (spool["source"], spool["frames"]) == ("directory", 3) and spool["oldest_age_s"] > 0, spool
+        assert left.check("spool")["level"] == "degraded" and "bring Kafka back" in left.check("spool")["do"]
+        assert left.check("ingest")["level"] == "degraded"
+    finally:
+        for name in list(stack.procs):
+            stack.stop(name)
+        broker.stop()
 
 
 def test_status_does_not_hang_on_a_broker_that_never_answers(tmp_path: Path) -> None:
