@@ -9,7 +9,8 @@
   oldest age). When no ingest answers, the spool is read from ``<data dir>/spool`` directly, read-only.
 - The owner of an embedded ClickHouse: the owner lock's holder (pid, command) and since when it holds it.
 - ClickHouse, through :func:`streams.sink.query.run_query` (the owner's socket, or a server DSN): the
-  newest event and alert rows.
+  newest event and alert rows. An embedded directory nobody owns is not opened: a probe run every minute
+  must never hold the directory a starting sink waits for.
 
 Ingest and ClickHouse are asked in daemon threads while Kafka is read, so status answers within about
 ``timeout_s`` whatever hangs; a thread still blocked then is abandoned, never waited for.
@@ -268,7 +269,8 @@ def ask_clickhouse(settings: Settings, timeout_s: float) -> F.ClickHouse:
 
     where = _where(settings)
     try:
-        row = json.loads(run_query(settings, NEWEST_SQL, "JSONEachRow", timeout_s=timeout_s).splitlines()[0])
+        row = json.loads(run_query(settings, NEWEST_SQL, "JSONEachRow", timeout_s=timeout_s,
+                                   open_unowned=False).splitlines()[0])
     except QueryError as exc:
         return F.ClickHouse(where, answered=False, error=_said(exc))
     except (ValueError, IndexError) as exc:

@@ -163,6 +163,8 @@ def test_status_is_healthy_with_the_pipeline_running_then_names_the_group_a_stop
                                                                     f"and ")
     assert "enx-streams worker --roles processor" in check["do"]
     assert stopped.group("processor")["members"] == 0
+    # the embedded directory nobody owns now is reported, not opened (a probe never holds it)
+    assert stopped.check("clickhouse")["why"].startswith("no process owns the embedded ClickHouse")
 
     for i in range(2):
         stack.post(f"later{i}")
