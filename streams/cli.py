@@ -18,6 +18,8 @@ import typer
 from rich.markup import escape  # help texts are rich markup: "[env X]" would vanish, "[/x]" fails
 
 from streams import config
+from streams.status import DEFAULT_TIMEOUT_S
+from streams.status.judge import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG
 
 app = typer.Typer(help="enx-streams: EnableX session webhooks -> Kafka -> Faust -> ClickHouse.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -253,12 +255,14 @@ def rebuild(settings: config.Settings,
 def status(settings: config.Settings,
            format: Annotated[str, typer.Option("--format", help="text (a table, the verdict first) or json")] = "text",
            max_lag: Annotated[int, typer.Option(
-               "--max-lag", min=0, help="records a consumer group may be behind before it is degraded")] = 10_000,
+               "--max-lag", min=0,
+               help="records a consumer group may be behind before it is degraded")] = DEFAULT_MAX_LAG,
            max_age: Annotated[float, typer.Option(
                "--max-age", min=0, help="seconds a webhook may wait (unprocessed, not in ClickHouse, in the "
-               "spool) before it is degraded")] = 120.0,
+               "spool) before it is degraded")] = DEFAULT_MAX_AGE_S,
            timeout: Annotated[float, typer.Option(
-               "--timeout", min=0.1, help="seconds each check may take (Kafka, ingest, ClickHouse)")] = 4.0) -> None:
+               "--timeout", min=0.1,
+               help="seconds each check may take (Kafka, ingest, ClickHouse)")] = DEFAULT_TIMEOUT_S) -> None:
     """The pipeline's health: broker, consumer lag, ingest and its spool, the ClickHouse owner, freshness.
     Exit 0 when healthy, 1 when degraded (the verdict says why and what to do)."""
     import logging

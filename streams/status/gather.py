@@ -33,10 +33,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 
 from streams.config import Settings
+from streams.status import DEFAULT_TIMEOUT_S
 from streams.status import facts as F
 
 T = TypeVar("T")
-DEFAULT_TIMEOUT_S = 4.0
 NEWEST_SQL = (
     "SELECT (SELECT toUnixTimestamp64Milli(max(received_at)) FROM enablex.webhook_events) AS event_ms, "
     "(SELECT toUnixTimestamp64Milli(max(detected_at)) FROM enablex.sla_alerts) AS alert_ms, "
