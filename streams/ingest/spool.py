@@ -14,7 +14,8 @@ draining N frames costs O(N) whatever the spool's size. Once everything is ackno
 the marker is reset to 0 first, then the file truncated. A crash between the two re-sends frames Kafka
 already has (deduplicated by ``event_id``); the other order could leave a marker past the end of the file,
 which would skip frames answered 202. A marker past the end (a spool from before this order) means the
-truncation happened, so it reads as 0.
+truncation happened, so it reads as 0, and is written as 0 at once: frames appended after it must never
+lie under a stale marker that the next start would take for acknowledged.
 """
 
 from __future__ import annotations
@@ -147,19 +148,27 @@ class Spool:
         # appends (request handlers' threads), acks and the reset (the replay's) and a shutdown's replay may
         # run in threads at once: one at a time on the file, the marker and the counts
         self._lock = threading.RLock()
-        self._acked = self._read_marker()  # this process is the spool's only writer: ack() keeps it
+        stored = self._stored_marker()
+        self._acked = self._checked_marker(stored)  # this process is the spool's only writer: ack() keeps it
+        if stored is not None and stored != self._acked:
+            # corrected on disk too, before any append: frames accepted now must not grow under a stale
+            # marker that a later start would read as inside the file (and skip them)
+            self._write_marker(self._acked)
         self._frames = 0  # frames not yet acknowledged: counted by _drop_torn_tail, then kept
         self._drop_torn_tail()
 
-    def _read_marker(self) -> int:
+    def _stored_marker(self) -> int | None:
+        """The marker file's value (None: no marker, or not a number)."""
+        try:
+            return int(self.marker.read_text() or 0)
+        except (OSError, ValueError):
+            return None
+
+    def _checked_marker(self, marker: int | None) -> int:
         """The marker, checked: past the end of the file it reads as 0 (the file was emptied after it); not
         on a frame boundary (never written so, but a marker is a plain file) it reads as the boundary before
         it, so at most one frame is sent again and none is skipped."""
-        try:
-            marker = int(self.marker.read_text() or 0)
-        except (OSError, ValueError):
-            return 0
-        if marker <= 0 or marker > self.size():
+        if marker is None or marker <= 0 or marker > self.size():
             return 0
         return self._boundary_at_or_before(marker)
 
@@ -280,15 +289,19 @@ class Spool:
     def ack(self, end: int, frames: int = 1) -> None:
         """The frames up to ``end`` are in Kafka: ``frames`` more than the marker said before."""
         with self._lock:
-            tmp = self.marker.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                f.write(str(end))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.marker)
-            _fsync_dir(self.directory)  # the new marker is on disk before the file may be truncated or replaced
+            self._write_marker(end)
             self._frames = 0 if end == 0 or end >= self.size() else max(0, self._frames - frames)
             self._acked = end
+
+    def _write_marker(self, end: int) -> None:
+        """Write the marker atomically: a temporary file, fsynced, renamed over it, the directory fsynced."""
+        tmp = self.marker.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(end))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.marker)
+        _fsync_dir(self.directory)  # the new marker is on disk before the file may be truncated or replaced
 
     def reset_if_drained(self) -> bool:
         """Empty the file once everything in it was acknowledged (the caller holds off appends)."""
