@@ -7,7 +7,9 @@ Frames are replayed in order, a batch at a time; the marker is rewritten atomica
 after each acknowledged run of frames, so a crash can re-send at most the batch in flight at that instant;
 its records carry the same ``event_id``, which every projection deduplicates. A torn last frame (crash mid-write) fails its CRC and is
 discarded: its request never got a 202. A corrupt frame with intact frames after it (a bad disk block) is
-moved to ``quarantine/`` at start and the frames after it are kept.
+moved to ``quarantine/`` at start and the frames after it are kept. A failed frame whose header and field
+lengths agree is skipped to its declared end, never searched for frames inside it: a record may hold the
+bytes of an intact frame (any text in a webhook's field), which a torn write must not turn into one.
 
 Replay reads forward from the marker, one batch at a time (:meth:`Spool.pending`), never the whole file, so
 draining N frames costs O(N) whatever the spool's size. Once everything is acknowledged the file is emptied:
@@ -102,6 +104,33 @@ def _well_formed(payload: bytes | memoryview) -> bool:
         return False
     (vlen,) = FIELD.unpack_from(payload, 2 * FIELD.size + tlen + max(klen, 0))
     return vlen >= 0 and 3 * FIELD.size + tlen + max(klen, 0) + vlen == len(payload)
+
+
+def declared_end(f: BinaryIO, start: int) -> int | None:
+    """Where the frame at ``start`` of the open file ``f`` ends by its header, when that can be trusted: the
+    length is plausible and the field lengths present (topic, key, value; a frame cut short has only some)
+    agree with it. None when they disagree (a corrupt header: where the frame ends is unknown). Reads the
+    header and the three field lengths only."""
+    f.seek(start)
+    header = f.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    length, _crc = HEADER.unpack(header)
+    if not 3 * FIELD.size <= length <= MAX_FRAME_PAYLOAD:
+        return None
+    used = 0  # bytes of the payload taken by the fields read so far
+    for field in ("topic", "key", "value"):
+        f.seek(start + HEADER.size + used)
+        raw = f.read(FIELD.size)
+        if len(raw) < FIELD.size:  # cut short before this field: what is there agrees
+            return start + HEADER.size + length
+        (n,) = FIELD.unpack(raw)
+        if (field == "topic" and not 0 < n <= 255) or (field == "key" and n < -1) or (field == "value" and n < 0):
+            return None
+        used += FIELD.size + max(n, 0)
+        if used > length:
+            return None
+    return start + HEADER.size + length if used == length else None
 
 
 def next_intact_frame(f: BinaryIO, start: int, end: int) -> int | None:
@@ -201,7 +230,7 @@ class Spool:
                         break
                     good = good_after
                     self._frames += len(frames)
-                resume = next_intact_frame(f, good + 1, size) if good < size else None
+                resume = self._resume_after(f, good, size) if good < size else None
             if good == size:
                 return
             if resume is None:  # nothing intact after it: a torn tail
@@ -213,6 +242,17 @@ class Spool:
             log.error("spool %s: bytes %d..%d are corrupt (a bad block?); moved to quarantine/, the %d bytes "
                       "after them kept", self.path, good, resume, size - resume)
             self._cut_out(good, resume)
+
+    @staticmethod
+    def _resume_after(f: BinaryIO, bad: int, size: int) -> int | None:
+        """Where the intact frames resume after the frame at ``bad`` that failed its check, or None (a torn
+        tail). When its header and fields agree, nothing before its declared end is a frame of its own (a
+        record may hold a frame's bytes); running past the end of the file, it is the last write, cut short
+        by a crash. Otherwise (a corrupt header) the next intact frame after its first byte."""
+        end = declared_end(f, bad)
+        if end is None:
+            return next_intact_frame(f, bad + 1, size)
+        return None if end >= size else next_intact_frame(f, end, size)
 
     def _cut_out(self, start: int, end: int) -> None:
         """Remove the corrupt bytes ``[start, end)``: they go whole to ``quarantine/``; the frames not yet in
