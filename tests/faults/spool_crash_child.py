@@ -8,7 +8,7 @@ into the real broker (batches of 500, the marker once per batch, the reset befor
 ``deliver`` appends to the spool while Kafka is away, as ingest does before it answers 202.
 
     python -m tests.faults.spool_crash_child [--crash STEP [--nth N]] drain SPOOL BOOTSTRAP TOPIC [--fresh TAG]
-    python -m tests.faults.spool_crash_child [--crash STEP [--nth N]] deliver SPOOL TOPIC TAG COUNT
+    python -m tests.faults.spool_crash_child [--crash STEP [--nth N]] deliver SPOOL TOPIC TAG COUNT [--crafted]
 
 (the test forks it from a server that has imported it already, :func:`run_logged`: half a second less per run.)
 
@@ -35,7 +35,7 @@ from streams.events import normalise, session_key
 from streams.ingest import spool as S
 from streams.ingest.metrics import IngestMetrics
 from streams.ingest.producer import DurableProducer
-from streams.ingest.spool import Spool
+from streams.ingest.spool import Spool, encode_frame
 
 FRESH = 3  # records delivered on the restarted spool before its replay begins
 
@@ -46,6 +46,21 @@ def record(tag: str, i: int) -> tuple[bytes, bytes, str]:
                        "conf_num": str(i % 11), "recording": [f"http://f/{tag}/{i}.mkv"]}).encode()
     event = normalise(body, 1764000000000 + i, "127.0.0.1")
     return session_key(event).encode(), default_codec().encode("WebhookEvent", event), event["event_id"]
+
+
+def crafted_record(topic: str) -> tuple[bytes, bytes, str, bytes]:
+    """Key, value and event id of a webhook anyone may send whose record holds, byte for byte, an intact spool
+    frame for ``topic`` (its ``room_id`` is that frame's bytes, as JSON escapes), and that frame: torn in
+    the middle of its append, the spool must not take the frame inside it for one of its own."""
+    inner = b""
+    for nonce in range(10_000):
+        inner = encode_frame(topic, b"forged", f"not a record anyone sent ({nonce})".encode())
+        if max(inner) < 0x80:  # its CRC too: text that a JSON string carries
+            break
+    body = json.dumps({"type": "roomdrop", "trans_date": 1764000000, "app_id": "app-crafted", "conf_num": "1",
+                       "room_id": inner.decode("ascii")}).encode()
+    event = normalise(body, 1764000000000, "127.0.0.1")
+    return session_key(event).encode(), default_codec().encode("WebhookEvent", event), event["event_id"], inner
 
 
 # --- where to die --------------------------------------------------------------------------------------------
@@ -237,11 +252,12 @@ async def drain(spool_dir: Path, bootstrap: str, topic: str, fresh: str | None, 
     return 0
 
 
-async def deliver(spool_dir: Path, topic: str, tag: str, count: int) -> int:
-    """Kafka away (the producer is never started): every record goes to the spool, as in an outage."""
+async def deliver(spool_dir: Path, topic: str, tag: str, count: int, crafted: bool) -> int:
+    """Kafka away (the producer is never started): every record goes to the spool, as in an outage; with
+    ``crafted``, :func:`crafted_record` last."""
     producer = DurableProducer("127.0.0.1:9", spool_dir, IngestMetrics())
-    for i in range(count):
-        key, value, event_id = record(tag, i)
+    records = [record(tag, i) for i in range(count)] + ([crafted_record(topic)[:3]] if crafted else [])
+    for key, value, event_id in records:
         assert await producer.deliver(topic, key, value) == "spool"
         acked(event_id)
     producer.spool.close()
@@ -264,13 +280,14 @@ def main(argv: list[str]) -> int:
     a.add_argument("topic")
     a.add_argument("tag")
     a.add_argument("count", type=int)
+    a.add_argument("--crafted", action="store_true", help="then a record that holds a spool frame")
     args = parser.parse_args(argv)
     if args.crash:
         _append_nth[0] = args.nth
         _install(args.crash)
     if args.mode == "drain":
         return asyncio.run(drain(args.spool, args.bootstrap, args.topic, args.fresh, args.timeout))
-    return asyncio.run(deliver(args.spool, args.topic, args.tag, args.count))
+    return asyncio.run(deliver(args.spool, args.topic, args.tag, args.count, args.crafted))
 
 
 def run_logged(argv: list[str], out: str) -> None:
