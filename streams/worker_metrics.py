@@ -47,9 +47,12 @@ class MetricsPortError(RuntimeError):
 
 def lag_of(ends: Mapping[TopicPartitionKey, int], committed: Mapping[TopicPartitionKey, int],
            starts: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
-    """Records past the committed offset per partition; a partition never committed counts from its start
-    (the roles read from the earliest offset). Never negative (a commit can be seen before the end moves)."""
-    return {tp: max(0, end - committed.get(tp, starts.get(tp, 0))) for tp, end in ends.items()}
+    """Records past the committed offset per partition, as ``enx-streams status`` counts them
+    (:class:`streams.status.facts.PartitionLag`: a partition never committed, or committed below the log's
+    start, counts from the start; never negative)."""
+    from streams.status.facts import PartitionLag
+
+    return {tp: PartitionLag(tp[0], tp[1], end, committed.get(tp), starts.get(tp, 0)).lag for tp, end in ends.items()}
 
 
 @dataclass
@@ -70,18 +73,11 @@ class CommitClock:
 
 
 def role_groups(settings: Settings, roles: Iterable[str]) -> dict[str, tuple[str, list[str]]]:
-    """role -> (consumer group, the topics it consumes), for the roles that consume with a group."""
-    out: dict[str, tuple[str, list[str]]] = {}
-    if "processor" in roles:
-        from streams.processor.app import app_id, command_topic
+    """role -> (consumer group, the topics it consumes), for those of ``roles`` that consume with a group."""
+    from streams.status.gather import group_topics
 
-        out["processor"] = (app_id(settings), [settings.topic("webhooks"), settings.topic("reconcile"),
-                                               command_topic(settings)])
-    if "sink" in roles:
-        from streams.sink.consumer import TOPIC_KINDS, sink_group
-
-        out["sink"] = (sink_group(settings), [settings.topic(kind) for kind in TOPIC_KINDS])
-    return out
+    wanted = set(roles)
+    return {role: plan for role, plan in group_topics(settings).items() if role in wanted}
 
 
 # -- the lag sampler --------------------------------------------------------------------------------
@@ -163,9 +159,8 @@ class LagSampler(Collector):
             committed = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()
                          if meta.offset >= 0 and tp.topic in topics}
             ends = {(tp.topic, tp.partition): o for tp, o in (await consumer.end_offsets(tps)).items()} if tps else {}
-            fresh = [tp for tp in tps if (tp.topic, tp.partition) not in committed]
-            starts = {(tp.topic, tp.partition): o for tp, o in (await consumer.beginning_offsets(fresh)).items()} \
-                if fresh else {}
+            starts = {(tp.topic, tp.partition): o for tp, o in (await consumer.beginning_offsets(tps)).items()} \
+                if tps else {}
             taken[role] = (lag_of(ends, committed, starts), committed)
         now = self.clock()
         for role, (lag, committed) in taken.items():

@@ -70,6 +70,7 @@ from streams.processor.gaps import Continuity, LogReader
 from streams.internals import lean_consumer
 from streams.processor.inbox import Inbox
 from streams.processor.metrics import ProcessorMetrics
+from streams.processor.names import app_id, command_topic
 from streams.processor.output import Output
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
@@ -98,16 +99,6 @@ class StaleEvent(Exception):
 
 class Rejected(Exception):
     """The event was dead-lettered (``reject``): not applied, and acked only once a later event is handled."""
-
-
-def app_id(settings: Settings) -> str:
-    """The processor's faust app id: its consumer group and the prefix of its changelog topics."""
-    return os.environ.get("ENXTEST_PROCESSOR_GROUP") or f"{settings.topic_prefix}processor"
-
-
-def command_topic(settings: Settings) -> str:
-    """The SLA watch's commands to the owning agent (internal; same partitions and keys as the log)."""
-    return f"{app_id(settings)}-commands"
 
 
 def default_clock() -> Callable[[], float]:

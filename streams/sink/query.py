@@ -169,10 +169,12 @@ def query_directly(settings: Settings, db_path: Path, sql: str, fmt: str) -> byt
 
 
 def run_query(settings: Settings, sql: str, fmt: str = DEFAULT_FORMAT, *, timeout_s: float = 300.0,
-              notice: Callable[[str], None] = lambda _m: None) -> bytes:
+              notice: Callable[[str], None] = lambda _m: None, open_unowned: bool = True) -> bytes:
     """The result of ``sql`` in the ClickHouse output format ``fmt`` (PrettyCompact, JSONEachRow, CSV...).
 
-    ``notice`` hears how an embedded directory without owner was read (the CLI prints it on stderr)."""
+    ``notice`` hears how an embedded directory without owner was read (the CLI prints it on stderr);
+    ``open_unowned=False`` asks only an owner (a probe such as ``enx-streams status`` must never hold the
+    directory a starting sink is waiting for): with none, :class:`QueryError` says so."""
     if not sql.strip():
         raise QueryError("no SQL given; try: enx-streams sql \"SELECT count() FROM enablex.webhook_events FINAL\"")
     if not settings.clickhouse_is_embedded:
@@ -181,7 +183,7 @@ def run_query(settings: Settings, sql: str, fmt: str = DEFAULT_FORMAT, *, timeou
     if db_path is None:
         raise QueryError("an in-memory ClickHouse (chdb://memory) lives inside its process only; set "
                          "ENX_CLICKHOUSE_DSN to chdb:///abs/path or to a server to query it from here")
-    if current_owner(db_path) is None:
+    if open_unowned and current_owner(db_path) is None:
         try:
             out = query_directly(settings, db_path, sql, fmt)
         except OwnerError:

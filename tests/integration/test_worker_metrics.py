@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker.local import free_port
-from streams.processor.app import command_topic
+from streams.processor.names import command_topic
 from streams.sink.consumer import TOPIC_KINDS, sink_group
 from streams.worker_metrics import LAG_INTERVAL_S, LagSampler
 from tests.integration.test_processor import APP, PARTITIONS, _send, confs, event, fresh_settings, produce
