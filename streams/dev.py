@@ -163,7 +163,10 @@ class DevStack:
         from streams.sink.query import QueryError, run_query
 
         try:
-            return run_query(self.settings, "SELECT count() FROM enablex.schema_migrations", "TSV").strip() != b""
+            # the worker itself must answer: opening a directory nobody owns yet (a restart on old data) would say
+            # "ready" before the worker is, and hold the directory its sink is waiting for
+            return run_query(self.settings, "SELECT count() FROM enablex.schema_migrations", "TSV",
+                             open_unowned=False).strip() != b""
         except QueryError:
             return False
 
