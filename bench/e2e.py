@@ -20,6 +20,7 @@ import aiohttp
 
 from bench.common import Process, fresh_settings, percentile, produce_all, session_log, wait_for
 from streams import rebuild
+from streams.rebuild import kafka as rebuild_kafka
 from streams.config import Settings
 from streams.sink.query import QueryError, run_query
 
@@ -119,10 +120,10 @@ def run(bootstrap: str, work: Path, events: int = 1000, rate: float = 50.0, stal
         worker.stop()
     # 3. rebuild over a grown log
     asyncio.run(produce_all(settings, session_log(rebuild_events // 4, int(time.time() * 1000) - 86_400_000)))
-    total = sum(asyncio.run(rebuild._end_offsets(settings.kafka_bootstrap, [settings.topic("webhooks")])).values())
+    total = sum(asyncio.run(rebuild_kafka.end_offsets(settings.kafka_bootstrap, [settings.topic("webhooks")])).values())
     started = time.monotonic()
-    code = rebuild.run(settings, echo=lambda _m: None, quiet_s=1.0)
-    took = time.monotonic() - started - 1.0
+    code = rebuild.run(settings, echo=lambda _m: None, yes=True)
+    took = time.monotonic() - started
     if code != 0:
         raise RuntimeError(f"rebuild failed; see {settings.data_dir / 'logs'}/rebuild-*.log")
     return {"e2e_p99_s": round(percentile(latencies, 99), 2), "e2e_p50_s": round(percentile(latencies, 50), 2),

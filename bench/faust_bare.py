@@ -2,9 +2,9 @@
 does nothing with them (no decode, no table, no output), with the processor's consumer settings.
 
 Two ways (``BENCH_MODE``): ``shipped``, faust as it comes (its consumer, the agent iterating its stream);
-``lean``, the way the processor consumes (streams/processor/drain.py's consumer handing the records to an
-inbox of the processor's size, the agent taking them from it and acking each, a turn of the event loop every
-200).
+``lean``, the way the processor consumes (streams/internals/lean_consumer.py's consumer handing the records
+to an inbox of the processor's size, the agent taking them from it and acking each, a turn of the event loop
+every 200).
 
 Run as ``python -m bench.faust_bare`` (bench/processor.py does) with ``BENCH_BOOTSTRAP``, ``BENCH_TOPIC``,
 ``BENCH_PARTITIONS``, ``BENCH_EVENTS``, ``BENCH_APP_ID`` and ``BENCH_MODE`` in the environment; it prints
@@ -33,10 +33,11 @@ def main() -> None:
     topic = app.topic(os.environ["BENCH_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     if lean:
-        from streams.processor import drain
+        from streams.internals import lean_consumer
+        from streams.processor.inbox import Inbox
 
-        inbox = drain.Inbox(INBOX_RECORDS)
-        drain.install(app, {os.environ["BENCH_TOPIC"]: inbox})
+        inbox = Inbox(INBOX_RECORDS)
+        lean_consumer.install(app, {os.environ["BENCH_TOPIC"]: inbox})
     seen = {"n": 0, "first": 0.0}
 
     def saw() -> None:

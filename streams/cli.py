@@ -18,6 +18,8 @@ import typer
 from rich.markup import escape  # help texts are rich markup: "[env X]" would vanish, "[/x]" fails
 
 from streams import config
+from streams.status import DEFAULT_TIMEOUT_S
+from streams.status.judge import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG
 
 app = typer.Typer(help="enx-streams: EnableX session webhooks -> Kafka -> Faust -> ClickHouse.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -194,11 +196,12 @@ def migrate(settings: config.Settings) -> None:
 @with_settings
 def sql(settings: config.Settings, query: Annotated[str, typer.Argument(help="the SQL to run")],
         format: Annotated[str, typer.Option("--format", help="any ClickHouse output format")] = "PrettyCompact") -> None:
-    """Run SQL on the configured ClickHouse and print it (embedded: through the process that owns it)."""
+    """Run SQL on the configured ClickHouse and print it (embedded: through the process that owns it, or
+    read-only in this process when none runs)."""
     from streams.sink.query import QueryError, run_query
 
     try:
-        out = run_query(settings, query, format)
+        out = run_query(settings, query, format, notice=lambda m: typer.echo(m, err=True))
     except QueryError as exc:
         fail(str(exc))
     sys.stdout.buffer.write(out)
@@ -251,6 +254,34 @@ def rebuild(settings: config.Settings,
 
     confirm = (lambda question: typer.confirm(question, default=False)) if sys.stdin.isatty() else None
     raise typer.Exit(run(settings, echo=typer.echo, processors=processors, yes=yes, confirm=confirm))
+
+
+@app.command("status")
+@with_settings
+def status(settings: config.Settings,
+           format: Annotated[str, typer.Option("--format", help="text (a table, the verdict first) or json")] = "text",
+           max_lag: Annotated[int, typer.Option(
+               "--max-lag", min=0,
+               help="records a consumer group may be behind before it is degraded")] = DEFAULT_MAX_LAG,
+           max_age: Annotated[float, typer.Option(
+               "--max-age", min=0, help="seconds a webhook may wait (unprocessed, not in ClickHouse, in the "
+               "spool) before it is degraded")] = DEFAULT_MAX_AGE_S,
+           timeout: Annotated[float, typer.Option(
+               "--timeout", min=0.1,
+               help="seconds each check may take (Kafka, ingest, ClickHouse)")] = DEFAULT_TIMEOUT_S) -> None:
+    """The pipeline's health: broker, consumer lag, ingest and its spool, the ClickHouse owner, freshness.
+    Exit 0 when healthy, 1 when degraded (the verdict says why and what to do)."""
+    import logging
+
+    from streams.status import gather, judge, render
+
+    if format not in ("text", "json"):
+        fail(f"--format {format!r}: give text or json", code=2)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # an unreachable broker is the report's to say
+    facts = gather.gather(settings, timeout_s=timeout)
+    report = judge.judge(facts, judge.Limits(max_lag=max_lag, max_age_s=max_age))
+    typer.echo(render.as_json(report, facts) if format == "json" else render.table(report))
+    raise typer.Exit(report.exit_code)
 
 
 def _day(value: str | None, flag: str):

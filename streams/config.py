@@ -85,6 +85,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port_or_zero(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port, 1..65535, or 0 for any free port, got {text!r}")
+    return value
+
+
 def _prefix(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._-]*", text):
         raise ValueError(f"a topic prefix may hold only letters, digits, '.', '_' and '-', got {text!r}")
@@ -142,6 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("partitions", _positive_int, "partitions of each contract topic (and so of each state table)"),
     Setting("ingest_host", str, "address the ingest service listens on"),
     Setting("ingest_port", _positive_int, "port the ingest service listens on"),
+    Setting("worker_metrics_port", _port_or_zero, "port of the worker's Prometheus /metrics; unset: not served, "
+            "0: any free port (logged)"),
+    Setting("worker_metrics_host", str, "address the worker's /metrics listens on"),
     Setting("max_body_bytes", _positive_int, "largest webhook body accepted, in bytes"),
     Setting("cache_dir", lambda s: Path(s).expanduser(), "where the Kafka broker jars are cached"),
     Setting("spool_max_bytes", _positive_int, "largest the ingest spool may grow while Kafka is unreachable, in "
@@ -175,6 +185,8 @@ class Settings:
     partitions: int = 8
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
+    worker_metrics_port: int | None = None  # None: no /metrics on the worker
+    worker_metrics_host: str = "127.0.0.1"
     max_body_bytes: int = 1024 * 1024
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
     spool_max_bytes: int = 1024 ** 3

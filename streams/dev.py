@@ -13,6 +13,7 @@ settings, so each keeps its own event loop and a crash of one is reported, not h
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -162,13 +163,32 @@ class DevStack:
         from streams.sink.query import QueryError, run_query
 
         try:
-            return run_query(self.settings, "SELECT count() FROM enablex.schema_migrations", "TSV").strip() != b""
+            # the worker itself must answer: opening a directory nobody owns yet (a restart on old data) would say
+            # "ready" before the worker is, and hold the directory its sink is waiting for
+            return run_query(self.settings, "SELECT count() FROM enablex.schema_migrations", "TSV",
+                             open_unowned=False).strip() != b""
         except QueryError:
             return False
+
+    def choose_metrics_port(self) -> None:
+        """The worker's /metrics on ENX_WORKER_METRICS_PORT if set, else on a free port of this machine (so two
+        stacks on one machine do not collide)."""
+        if not self.settings.worker_metrics_port:  # unset, or 0: a port the banner can name
+            from streams.broker.local import free_port
+
+            self.settings = dataclasses.replace(self.settings, worker_metrics_port=free_port())
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        host = "localhost" if self.settings.worker_metrics_host in ("0.0.0.0", "::", "") \
+            else self.settings.worker_metrics_host
+        return [f"http://{self.host_for_urls}:{self.settings.ingest_port}/metrics",
+                f"http://{host}:{self.settings.worker_metrics_port}/metrics"]
 
     def start(self) -> None:
         self.start_broker()
         self.provision_topics()
+        self.choose_metrics_port()
         worker = self.spawn("worker", "worker", "--roles", self.worker_roles)
         self.wait_until("the worker (processor and sink, ClickHouse migrations)", self.worker_ready, worker, 180)
         self.echo("worker: ready (ClickHouse migrated, answering queries)")
@@ -193,6 +213,7 @@ class DevStack:
             f"-d '{body}'",
             f"  query it:\n    .venv/bin/enx-streams sql --data-dir {data} "
             "\"SELECT type, app_id, conf_num, received_at FROM enablex.webhook_events FINAL\"",
+            f"  metrics:      {'  '.join(self.metrics_urls)} (ingest, worker: Prometheus)",
             f"  logs:         {self.logs}/ and {data / 'kafka' / 'broker.log'}",
             "  Ctrl-C stops everything.",
             "",

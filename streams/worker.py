@@ -8,6 +8,9 @@
 - ``reconciler``: :func:`streams.reconcile.run.run_forever`, a pass against EnableX's Server API every
   ``ENX_RECONCILE_INTERVAL_S`` (needs ``ENX_ENABLEX_APP_ID`` and ``ENX_ENABLEX_APP_KEY``), as a service of
   the faust worker or under asyncio beside the sink.
+
+With ``ENX_WORKER_METRICS_PORT`` set, the process serves Prometheus ``/metrics`` for the roles it runs
+(:mod:`streams.worker_metrics`), from start to stop.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import sys
 
 from streams.config import Settings
+from streams.worker_metrics import MetricsPortError, WorkerMetrics
 
 ROLES = ("processor", "sink", "reconciler")
 # The collector's thresholds (Python's defaults: 700, 10, 10). A worker's heap is mostly its tables, which
@@ -52,7 +56,7 @@ def _provision(settings: Settings) -> None:
         logging.getLogger("streams.worker").info("topics: %s", line)
 
 
-def _sink_alone(settings: Settings, roles: frozenset[str] = frozenset({"sink"})) -> int:
+def _sink_alone(settings: Settings, roles: frozenset[str], metrics: WorkerMetrics) -> int:
     """The roles other than the processor (sink and/or reconciler) under asyncio."""
     from streams.sink.clickhouse import ClickHouseError
     from streams.sink.consumer import run_sink
@@ -67,7 +71,7 @@ def _sink_alone(settings: Settings, roles: frozenset[str] = frozenset({"sink"}))
             loop.add_signal_handler(sig, stop.set)
         tasks = []
         if "sink" in roles:
-            tasks.append(asyncio.ensure_future(run_sink(settings, stop)))
+            tasks.append(asyncio.ensure_future(run_sink(settings, stop, on_sink=metrics.sink.watch)))
         if "reconciler" in roles:
             tasks.append(asyncio.ensure_future(run_forever(settings, stop)))
         try:
@@ -85,7 +89,7 @@ def _sink_alone(settings: Settings, roles: frozenset[str] = frozenset({"sink"}))
     return 0
 
 
-def _sink_service(settings: Settings):  # -> mode.Service
+def _sink_service(settings: Settings, metrics: WorkerMetrics):  # -> mode.Service
     import mode
 
     from streams.sink.clickhouse import ClickHouseError
@@ -97,7 +101,8 @@ def _sink_service(settings: Settings):  # -> mode.Service
         async def on_start(self) -> None:
             self._stop = asyncio.Event()
             ready = asyncio.Event()
-            self._task = asyncio.ensure_future(run_sink(settings, self._stop, on_ready=ready.set))
+            self._task = asyncio.ensure_future(run_sink(settings, self._stop, on_ready=ready.set,
+                                                        on_sink=metrics.sink.watch))
             waiter = asyncio.ensure_future(ready.wait())
             await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -164,15 +169,28 @@ def run(settings: Settings, roles: frozenset[str]) -> int:
         print(f"error: could not provision topics on {settings.kafka_bootstrap}: {exc}. Is Kafka running "
               f"(`enx-streams kafka start`)?", file=sys.stderr)
         return 1
+    metrics = WorkerMetrics(settings, roles)
+    try:
+        metrics.serve()
+    except MetricsPortError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_roles(settings, roles, metrics)
+    finally:
+        metrics.close()
+
+
+def _run_roles(settings: Settings, roles: frozenset[str], metrics: WorkerMetrics) -> int:
     if "processor" not in roles:
-        return _sink_alone(settings, roles)
+        return _sink_alone(settings, roles, metrics)
 
     import faust
 
     from streams.processor.app import create_app
 
-    app = create_app(settings)
-    services = [_sink_service(settings)] if "sink" in roles else []
+    app = create_app(settings, metrics=metrics.processor)
+    services = [_sink_service(settings, metrics)] if "sink" in roles else []
     if "reconciler" in roles:
         services.append(_reconciler_service(settings))
     worker = faust.Worker(app, *services, loglevel="INFO", quiet=True, override_logging=False)

@@ -1,6 +1,8 @@
 """The Grafana dashboards and alert rules of ``dashboards/``, read as data (pure helpers, no I/O but reading).
 
-Used by the tests that run every panel's SQL against ClickHouse:
+Two datasources: ClickHouse (``enx-clickhouse``), whose queries are SQL, and Prometheus (``enx-prometheus``),
+whose queries are PromQL (read by :mod:`tests.promql`). A query for any other datasource is an error here, so
+no panel or rule escapes both checks. Used by the tests that run every panel's SQL against ClickHouse:
 
 - :func:`panel_queries`: every ClickHouse target of every panel of every dashboard JSON, with the columns
   the panel uses;
@@ -25,6 +27,9 @@ from typing import Any, NamedTuple
 
 DATASOURCE_TYPE = "grafana-clickhouse-datasource"
 DATASOURCE_UID = "enx-clickhouse"
+PROMETHEUS_TYPE = "prometheus"
+PROMETHEUS_UID = "enx-prometheus"
+EXPRESSIONS_UID = "__expr__"  # Grafana's server-side expressions (reduce, threshold) of an alert rule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS_DIR = REPO_ROOT / "dashboards" / "json"
@@ -88,6 +93,21 @@ def is_clickhouse(datasource: Any) -> bool:
         and datasource.get("uid") == DATASOURCE_UID
 
 
+def is_prometheus(datasource: Any) -> bool:
+    return isinstance(datasource, Mapping) and datasource.get("type") == PROMETHEUS_TYPE \
+        and datasource.get("uid") == PROMETHEUS_UID
+
+
+def _known(datasource: Any, where: str) -> bool:
+    """True for ClickHouse, False for Prometheus (checked by tests.promql), an error for anything else."""
+    if is_clickhouse(datasource):
+        return True
+    if is_prometheus(datasource):
+        return False
+    raise DashboardError(f"{where}: datasource {datasource!r} is neither ClickHouse ({DATASOURCE_UID}) nor "
+                         f"Prometheus ({PROMETHEUS_UID})")
+
+
 def panel_queries(dashboards_dir: Path = DASHBOARDS_DIR, *, interpolate: bool = True) -> list[PanelQuery]:
     """(dashboard title, panel title, SQL, columns the panel uses) for every ClickHouse target of every panel.
 
@@ -101,7 +121,7 @@ def panel_queries(dashboards_dir: Path = DASHBOARDS_DIR, *, interpolate: bool = 
         for panel in iter_panels(dashboard):
             for target in panel.get("targets", []):
                 datasource = target.get("datasource") or panel.get("datasource")
-                if not is_clickhouse(datasource) or not target.get("rawSql"):
+                if not _known(datasource, f"{title} / {panel.get('title')}") or not target.get("rawSql"):
                     continue
                 sql = target["rawSql"]
                 columns = select_columns(sql, where=f"{title} / {panel.get('title')}")
@@ -135,7 +155,9 @@ def alert_rule_queries(provisioning_dir: Path = PROVISIONING_DIR) -> list[AlertQ
     for rule in load_alert_rules(provisioning_dir):
         for data in rule.get("data", []):
             model = data.get("model") or {}
-            if data.get("datasourceUid") != DATASOURCE_UID or not model.get("rawSql"):
+            uid = data.get("datasourceUid")
+            if uid == EXPRESSIONS_UID or not _known({"type": (model.get("datasource") or {}).get("type"), "uid": uid},
+                                                    f"alert rule {rule.get('title')}") or not model.get("rawSql"):
                 continue
             sql = model["rawSql"]
             out.append(AlertQuery(rule.get("title", ""), data.get("refId", ""), sql,

@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams import internals
 from streams.avro import default_codec
 from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.broker.topics import COMPACTED, TopicConflict, TopicSpec, ensure_topics
@@ -69,7 +70,7 @@ async def scan(settings: Settings, topic: str, handle: Callable[[Record], None],
         raise _unreachable(settings, exc) from exc
     try:
         # the consumer's own metadata holds only topics it subscribes to: ask for the whole cluster's
-        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - aiokafka has no public call
+        cluster = await internals.all_partitions(consumer)
         if topic not in cluster.topics():
             return 0
         tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]

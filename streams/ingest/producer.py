@@ -33,6 +33,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from streams import internals
 from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.ingest.failures import OF_THE_RECORD, permanent
 from streams.ingest.metrics import IngestMetrics
@@ -60,11 +61,7 @@ class RecordRefused(Exception):
 
 async def _abandon(producer: AIOKafkaProducer) -> None:
     """Close a producer WITHOUT flushing: cancel its sender first, so no buffered record is ever sent."""
-    sender = getattr(producer, "_sender", None)
-    if sender is not None:
-        await sender.close()
-    producer._closed = True  # noqa: SLF001 - stop() would flush, which is what must not happen
-    await producer.client.close()
+    await internals.close_without_flush(producer)
 
 
 async def send_acked(producer: AIOKafkaProducer, topic: str, value: bytes, key: bytes | None) -> None:

@@ -31,6 +31,7 @@ from streams.ingest.auth import (REALM, Credentials, authorised, is_loopback, ke
                                  trusted_networks)
 from streams.ingest.metrics import IngestMetrics
 from streams.ingest.producer import DurableProducer, RecordRefused, SpoolFull
+from streams.ingest.spool import Frame
 
 log = logging.getLogger("streams.ingest")
 CHUNK = 64 * 1024
@@ -137,7 +138,12 @@ async def healthz(_request: web.Request) -> web.Response:
 
 def spool_oldest_s(producer: DurableProducer, now_ms: int) -> float | None:
     """Seconds since ingest received the oldest record still in the spool (None when the spool is empty)."""
-    frame = producer.spool.oldest()
+    return frame_age_s(producer.spool.oldest(), now_ms)
+
+
+def frame_age_s(frame: Frame | None, now_ms: int) -> float | None:
+    """Seconds since ingest received the record of a spool frame (None for no frame; 0 when it is not a
+    contract record, whose age is unknown)."""
     if frame is None:
         return None
     try:

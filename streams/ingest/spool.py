@@ -7,14 +7,17 @@ Frames are replayed in order, a batch at a time; the marker is rewritten atomica
 after each acknowledged run of frames, so a crash can re-send at most the batch in flight at that instant;
 its records carry the same ``event_id``, which every projection deduplicates. A torn last frame (crash mid-write) fails its CRC and is
 discarded: its request never got a 202. A corrupt frame with intact frames after it (a bad disk block) is
-moved to ``quarantine/`` at start and the frames after it are kept.
+moved to ``quarantine/`` at start and the frames after it are kept. A failed frame whose header and field
+lengths agree is skipped to its declared end, never searched for frames inside it: a record may hold the
+bytes of an intact frame (any text in a webhook's field), which a torn write must not turn into one.
 
 Replay reads forward from the marker, one batch at a time (:meth:`Spool.pending`), never the whole file, so
 draining N frames costs O(N) whatever the spool's size. Once everything is acknowledged the file is emptied:
 the marker is reset to 0 first, then the file truncated. A crash between the two re-sends frames Kafka
 already has (deduplicated by ``event_id``); the other order could leave a marker past the end of the file,
 which would skip frames answered 202. A marker past the end (a spool from before this order) means the
-truncation happened, so it reads as 0.
+truncation happened, so it reads as 0, and is written as 0 at once: frames appended after it must never
+lie under a stale marker that the next start would take for acknowledged.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -103,6 +107,33 @@ def _well_formed(payload: bytes | memoryview) -> bool:
     return vlen >= 0 and 3 * FIELD.size + tlen + max(klen, 0) + vlen == len(payload)
 
 
+def declared_end(f: BinaryIO, start: int) -> int | None:
+    """Where the frame at ``start`` of the open file ``f`` ends by its header, when that can be trusted: the
+    length is plausible and the field lengths present (topic, key, value; a frame cut short has only some)
+    agree with it. None when they disagree (a corrupt header: where the frame ends is unknown). Reads the
+    header and the three field lengths only."""
+    f.seek(start)
+    header = f.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    length, _crc = HEADER.unpack(header)
+    if not 3 * FIELD.size <= length <= MAX_FRAME_PAYLOAD:
+        return None
+    used = 0  # bytes of the payload taken by the fields read so far
+    for field in ("topic", "key", "value"):
+        f.seek(start + HEADER.size + used)
+        raw = f.read(FIELD.size)
+        if len(raw) < FIELD.size:  # cut short before this field: what is there agrees
+            return start + HEADER.size + length
+        (n,) = FIELD.unpack(raw)
+        if (field == "topic" and not 0 < n <= 255) or (field == "key" and n < -1) or (field == "value" and n < 0):
+            return None
+        used += FIELD.size + max(n, 0)
+        if used > length:
+            return None
+    return start + HEADER.size + length if used == length else None
+
+
 def next_intact_frame(f: BinaryIO, start: int, end: int) -> int | None:
     """The first offset in ``[start, end)`` where an intact frame begins (a plausible length within ``end``,
     well-formed fields, CRC), or None: where to resume after a corrupt frame. A candidate is checked on its
@@ -135,6 +166,73 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _frame_ends(f: BinaryIO, start: int, stop: int) -> Iterator[int]:
+    """The end offset of each frame from ``start`` whose declared length fits before ``stop``, hopping from
+    header to header (8 bytes read per frame; payloads and CRCs are not read)."""
+    pos = start
+    while True:
+        f.seek(pos)
+        header = f.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return
+        (length, _crc) = HEADER.unpack(header)
+        if length > MAX_FRAME_PAYLOAD or pos + HEADER.size + length > stop:
+            return
+        pos += HEADER.size + length
+        yield pos
+
+
+def stored_marker(marker: Path) -> int | None:
+    """The marker file's value (None: no marker, or not a number)."""
+    try:
+        return int(marker.read_text() or 0)
+    except (OSError, ValueError):
+        return None
+
+
+def checked_marker(path: Path, value: int | None) -> int:
+    """A marker of the spool file ``path``, checked: past the end of the file it reads as 0 (the file was
+    emptied after it); not on a frame boundary (never written so, but a marker is a plain file) it reads as
+    the boundary before it, so at most one frame is sent again and none is skipped."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    if value is None or value <= 0 or value > size:
+        return 0
+    with open(path, "rb") as f:
+        return max(_frame_ends(f, 0, value), default=0)
+
+
+def read_marker(path: Path, marker: Path) -> int:
+    """The checked marker of the spool file ``path`` (:func:`checked_marker`)."""
+    return checked_marker(path, stored_marker(marker))
+
+
+@dataclass(frozen=True)
+class SpoolView:
+    """What a spool directory holds for Kafka, read without changing anything (``enx-streams status``)."""
+
+    pending_bytes: int
+    pending_frames: int  # frames after the marker, counted by their headers (a torn tail is not counted)
+    oldest: Frame | None  # the first of them, if intact
+
+
+def peek(directory: Path) -> SpoolView | None:
+    """The spool in ``directory`` as it stands, read-only (no repair, no file created: ingest may be running
+    or not); None when there is no spool file. Reads the frame headers past the marker, and one frame."""
+    path, marker = Path(directory) / "spool.log", Path(directory) / "spool.acked"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    acked = read_marker(path, marker)
+    with open(path, "rb") as f:
+        oldest = read_frames(f, acked, 1)[0]
+        frames = sum(1 for _ in _frame_ends(f, acked, size))
+    return SpoolView(pending_bytes=max(0, size - acked), pending_frames=frames, oldest=oldest[0] if oldest else None)
+
+
 class Spool:
     """Blocking file operations: call them from a thread (the producer does)."""
 
@@ -147,36 +245,14 @@ class Spool:
         # appends (request handlers' threads), acks and the reset (the replay's) and a shutdown's replay may
         # run in threads at once: one at a time on the file, the marker and the counts
         self._lock = threading.RLock()
-        self._acked = self._read_marker()  # this process is the spool's only writer: ack() keeps it
+        stored = stored_marker(self.marker)
+        self._acked = checked_marker(self.path, stored)  # this process is the spool's only writer: ack() keeps it
+        if stored is not None and stored != self._acked:
+            # corrected on disk too, before any append: frames accepted now must not grow under a stale
+            # marker that a later start would read as inside the file (and skip them)
+            self._write_marker(self._acked)
         self._frames = 0  # frames not yet acknowledged: counted by _drop_torn_tail, then kept
         self._drop_torn_tail()
-
-    def _read_marker(self) -> int:
-        """The marker, checked: past the end of the file it reads as 0 (the file was emptied after it); not
-        on a frame boundary (never written so, but a marker is a plain file) it reads as the boundary before
-        it, so at most one frame is sent again and none is skipped."""
-        try:
-            marker = int(self.marker.read_text() or 0)
-        except (OSError, ValueError):
-            return 0
-        if marker <= 0 or marker > self.size():
-            return 0
-        return self._boundary_at_or_before(marker)
-
-    def _boundary_at_or_before(self, offset: int) -> int:
-        """Hop from frame header to frame header (reading 8 bytes per frame) up to ``offset``."""
-        pos = 0
-        with open(self.path, "rb") as f:
-            while pos < offset:
-                f.seek(pos)
-                header = f.read(HEADER.size)
-                if len(header) < HEADER.size:
-                    break
-                (length, _crc) = HEADER.unpack(header)
-                if pos + HEADER.size + length > offset:
-                    break
-                pos += HEADER.size + length
-        return pos
 
     def _drop_torn_tail(self) -> None:
         """Check the frames after the marker, reading forward a batch at a time: a torn last frame (a crash
@@ -192,7 +268,7 @@ class Spool:
                         break
                     good = good_after
                     self._frames += len(frames)
-                resume = next_intact_frame(f, good + 1, size) if good < size else None
+                resume = self._resume_after(f, good, size) if good < size else None
             if good == size:
                 return
             if resume is None:  # nothing intact after it: a torn tail
@@ -204,6 +280,17 @@ class Spool:
             log.error("spool %s: bytes %d..%d are corrupt (a bad block?); moved to quarantine/, the %d bytes "
                       "after them kept", self.path, good, resume, size - resume)
             self._cut_out(good, resume)
+
+    @staticmethod
+    def _resume_after(f: BinaryIO, bad: int, size: int) -> int | None:
+        """Where the intact frames resume after the frame at ``bad`` that failed its check, or None (a torn
+        tail). When its header and fields agree, nothing before its declared end is a frame of its own (a
+        record may hold a frame's bytes); running past the end of the file, it is the last write, cut short
+        by a crash. Otherwise (a corrupt header) the next intact frame after its first byte."""
+        end = declared_end(f, bad)
+        if end is None:
+            return next_intact_frame(f, bad + 1, size)
+        return None if end >= size else next_intact_frame(f, end, size)
 
     def _cut_out(self, start: int, end: int) -> None:
         """Remove the corrupt bytes ``[start, end)``: they go whole to ``quarantine/``; the frames not yet in
@@ -280,15 +367,19 @@ class Spool:
     def ack(self, end: int, frames: int = 1) -> None:
         """The frames up to ``end`` are in Kafka: ``frames`` more than the marker said before."""
         with self._lock:
-            tmp = self.marker.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                f.write(str(end))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.marker)
-            _fsync_dir(self.directory)  # the new marker is on disk before the file may be truncated or replaced
+            self._write_marker(end)
             self._frames = 0 if end == 0 or end >= self.size() else max(0, self._frames - frames)
             self._acked = end
+
+    def _write_marker(self, end: int) -> None:
+        """Write the marker atomically: a temporary file, fsynced, renamed over it, the directory fsynced."""
+        tmp = self.marker.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(end))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.marker)
+        _fsync_dir(self.directory)  # the new marker is on disk before the file may be truncated or replaced
 
     def reset_if_drained(self) -> bool:
         """Empty the file once everything in it was acknowledged (the caller holds off appends)."""

@@ -13,7 +13,7 @@
   writer of the tables, event by event, and writes them through output.py, never ``table[key] = ...``:
   faust's own table write sends the changelog record through its producer buffer, ahead of the
   snapshot, which would break the order at-least-once needs. faust's consumer hands it the records
-  straight to an inbox (drain.py), without faust's per-record tasks, events, queue and stream iterator.
+  straight to an inbox (lean_consumer.LeanConsumer), without faust's per-record tasks, events, queue and stream iterator.
 - Every change is published as a versioned ``SessionState`` snapshot on the compacted sessions topic (a
   tombstone when the session leaves the tables after its retention), the latest per session at each
   commit (output.py), and every alert of the transition on the alerts topic, with its deterministic
@@ -65,12 +65,16 @@ import faust
 import orjson
 from faust.types import TP, Message
 
-from streams import dead_letters
+from streams import dead_letters, internals
 from streams.avro import default_codec
 from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.config import Settings
-from streams.processor import drain, rules
+from streams.processor import rules
 from streams.processor.gaps import Continuity, LogReader
+from streams.internals import lean_consumer
+from streams.processor.inbox import Inbox
+from streams.processor.metrics import ProcessorMetrics
+from streams.processor.names import app_id, command_topic, published_alerts_topic
 from streams.processor.output import Output
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
@@ -85,7 +89,7 @@ PRODUCER_LINGER_S = 0.02  # records produced within 20 ms share a produce reques
 # waiting for the one before it to leave (aiokafka's 16 KiB: about fifty produce round trips per flush). Below
 # the broker's default message.max.bytes (1 MiB).
 PRODUCER_BATCH_BYTES = 512 * 1024
-# Records the consumer may hand the agent ahead of it (drain.Inbox): about a fetch (1 MiB per partition), so that
+# Records the consumer may hand the agent ahead of it (inbox.Inbox): about a fetch (1 MiB per partition), so that
 # the consumer fetches and parses the next one while the agent works through this one.
 INBOX_RECORDS = 20_000
 YIELD_EVERY = 200  # events handled between two turns of the event loop (the sender, the watch, the fetcher)
@@ -101,21 +105,6 @@ class Rejected(Exception):
     """The event was dead-lettered (``reject``): not applied, and acked only once a later event is handled."""
 
 
-def app_id(settings: Settings) -> str:
-    """The processor's faust app id: its consumer group and the prefix of its changelog topics."""
-    return os.environ.get("ENXTEST_PROCESSOR_GROUP") or f"{settings.topic_prefix}processor"
-
-
-def published_alerts_topic(settings: Settings) -> str:
-    """Where the processor publishes its alerts: the alerts topic, or a rebuild's own (ENXREBUILD_ALERTS_TOPIC)."""
-    return os.environ.get("ENXREBUILD_ALERTS_TOPIC") or settings.topic("alerts")
-
-
-def command_topic(settings: Settings) -> str:
-    """The SLA watch's commands to the owning agent (internal; same partitions and keys as the log)."""
-    return f"{app_id(settings)}-commands"
-
-
 def default_clock() -> Callable[[], float]:
     offset = float(os.environ.get("ENXTEST_CLOCK_OFFSET_S", "0") or 0)
     return (lambda: time.time() + offset) if offset else time.time
@@ -124,27 +113,28 @@ def default_clock() -> Callable[[], float]:
 def consumer_state(app: faust.App) -> str:
     """What faust's consumer says about its flow, for a warning (private attributes, read defensively)."""
     consumer = app.consumer
-    parts = []
-    for name in ("flow_active", "_active_partitions", "_paused_partitions", "_buffered_partitions"):
-        value = getattr(consumer, name, "?")
-        if isinstance(value, set):
-            value = sorted(f"{tp.topic.rsplit('.', 1)[-1]}:{tp.partition}" for tp in value)
-        parts.append(f"{name.strip('_')}={value}")
+
+    def named(value: Any) -> Any:
+        return sorted(f"{tp.topic.rsplit('.', 1)[-1]}:{tp.partition}" for tp in value) if isinstance(value, set) \
+            else value
+
+    sets = {"flow_active": getattr(consumer, "flow_active", "?"), **internals.flow_sets(consumer)}
+    parts = [f"{name}={named(value)}" for name, value in sets.items()]
     parts.append(f"flow_control={'active' if app.flow_control.is_active() else 'suspended'}")
     try:
-        inner = consumer._thread._ensure_consumer()  # aiokafka's consumer
-        paused = inner._subscription.paused_partitions() if hasattr(inner._subscription, "paused_partitions") \
-            else "?"
-        parts.append(f"aiokafka_paused={sorted(f'{tp.topic.rsplit(chr(46), 1)[-1]}:{tp.partition}' for tp in paused)}"
-                     if paused != "?" else "aiokafka_paused=?")
+        paused = internals.aiokafka_paused(consumer)
+        parts.append(f"aiokafka_paused={'?' if paused is None else named(paused)}")
     except Exception as exc:  # noqa: BLE001 - diagnostics only
         parts.append(f"aiokafka=<{exc!r}>")
     return ", ".join(parts)
 
 
-def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> faust.App:
-    """The processor app for ``settings``; ``clock`` (Unix seconds) is the watch's wall clock."""
+def create_app(settings: Settings, clock: Callable[[], float] | None = None,
+               metrics: ProcessorMetrics | None = None) -> faust.App:
+    """The processor app for ``settings``; ``clock`` (Unix seconds) is the watch's wall clock; ``metrics``
+    what it counts for the worker's /metrics (metrics.py)."""
     clock = clock or default_clock()
+    metrics = metrics or ProcessorMetrics()
     codec = default_codec()
     sla_s = settings.transcode_sla_seconds
     retention_s = settings.state_retention_seconds
@@ -172,10 +162,10 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         # a processor dead letter can carry a log record whole: the dead-letter topic's budget, not 1 MB
         producer_max_request_size=MAX_MESSAGE_BYTES,
     )
-    # faust's consumer, handing the agent's records straight to it (drain.py)
-    inbox = drain.Inbox(INBOX_RECORDS)
+    # faust's consumer, handing the agent's records straight to it (lean_consumer.LeanConsumer)
+    inbox = Inbox(INBOX_RECORDS)
     reconcile_topic = settings.topic("reconcile")
-    drain.install(app, {log_topic: inbox, command_topic(settings): inbox, reconcile_topic: inbox})
+    lean_consumer.install(app, {log_topic: inbox, command_topic(settings): inbox, reconcile_topic: inbox})
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
     sessions_topic, alerts_topic = settings.topic("sessions"), published_alerts_topic(settings)
     tables = {name: app.Table(name, default=None, partitions=settings.partitions,
@@ -197,7 +187,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
 
     def parts_of(name: str) -> dict[str, dict | None]:
         if not stores:
-            stores.update({t: tables[t].data.data for t in rules.TABLES})
+            stores.update({t: internals.memory_store(tables[t]) for t in rules.TABLES})
         return {t: store.get(name) for t, store in stores.items()}
 
     def write(name: str, partition: int, change: rules.Transition) -> None:
@@ -237,6 +227,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             after = change.after
             output.publish_latest(sessions_topic, partition, key, after, None if after is None else encode_state)
         for alert in change.alerts:
+            metrics.alerts[alert["kind"]] += 1
             log.info("alert %s for %s (deadline %s)", alert["kind"], key.decode(), alert["deadline"])
 
     rejects = RejectLimit()
@@ -256,6 +247,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         await output.send(deadletter_topic, None, codec.encode("DeadLetter", letter))
         log.error("%s[%d] offset %d (key %r) could not be processed and was not applied: %s. It is on %s as %s. %s",
                   tp.topic, tp.partition, offset, key, reason, deadletter_topic, letter["id"], then, exc_info=exc)
+        metrics.rejected[tp.topic] += 1
         rejects.failed()  # raises when too many have failed recently
         raise Rejected(letter["id"])
 
@@ -326,15 +318,10 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         for r in records:
             try:
                 await on_webhook(tp.partition, r.offset, r.key, r.value)
+                metrics.handled[tp.topic] += 1
             except Rejected:
                 pass  # dead-lettered; acked with the hole below (a hole's records are not held back)
-        consumer = app.consumer
-        committed_at = consumer._committed_offset.get(tp)
-        acked, acked_index = consumer._acked[tp], consumer._acked_index[tp]
-        for offset in holes:
-            if offset not in acked_index and (committed_at is None or offset >= committed_at):
-                acked_index.add(offset)
-                acked.append(offset)
+        internals.mark_acked(app.consumer, tp, holes)
 
     async def on_finding(tp: TP, offset: int, key: bytes | None, value: bytes) -> None:
         """A finding of the reconciler (what EnableX's Server API holds that no webhook brought), judged like a
@@ -403,7 +390,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         """Handles the records of the log and the command topic in the order faust's consumer fetched them,
         and acks each once handled. The agent subscribes faust to the topics (their partitions are assigned
         and committed with the tables'), but its stream stays empty: the consumer hands the records to
-        ``inbox`` (drain.py), without faust's per-record event, conductor, queue and stream iterator (a
+        ``inbox`` (lean_consumer.LeanConsumer), without faust's per-record event, conductor, queue and stream iterator (a
         forced event-loop turn, sensors, the current-event context, three nested async generators). What that
         path did for the agent, it does itself: a record of an earlier consumer generation, or one a
         rebalance overtook while it was handled, is not applied nor acked (faust also clears its queues at a
@@ -450,6 +437,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             rejected.clear()
             ack(message)
             handled += 1
+            metrics.handled[message.tp.topic] += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a long backlog never returns to the loop by itself
 
@@ -508,8 +496,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
         set cannot change underneath."""
         active = app.tables.recovery.active_tps
         for table in tables.values():
-            data = getattr(table.data, "data", None)  # the memory store's dict
-            if not isinstance(data, dict):
+            data = internals.memory_store(table)
+            if data is None:
                 continue
             changelog = table.changelog_topic.get_topic_name()
             keep = {tp.partition for tp in active if tp.topic == changelog}
@@ -545,10 +533,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             return None
 
     def committed(partition: int) -> int | None:
-        # faust keeps the group's committed offsets (next to read), read at assignment and updated at each
-        # commit, with no public accessor
-        offsets = getattr(app.consumer, "_committed_offset", {})
-        return offsets.get(TP(log_topic, partition))
+        return internals.committed_offset(app.consumer, TP(log_topic, partition))
 
     async def check_progress(assigned: set[int]) -> None:
         """A partition with records waiting that has delivered nothing for STALL_WARN_S: say so with faust's
@@ -586,6 +571,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
             return
         if not assigned:
             return
+        started = time.monotonic()
         await check_progress(assigned)
         if reindex["needed"] and not await rebuild_index(assigned):
             return
@@ -594,6 +580,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
                                    retention_s, highwater, committed):
             if resend.due(name, op):
                 await commands.send(key=name.encode(), value=json.dumps({"op": op, "now": now}).encode())
+        metrics.sweep_seconds.observe(time.monotonic() - started)
 
+    metrics.watch_sessions(index)
     app.conf.enx_parts = {"tables": tables, "clocks": clocks, "index": index}  # for tests and the worker
     return app

@@ -44,6 +44,8 @@ from typing import Any
 
 import faust
 
+from streams import internals
+
 log = logging.getLogger("streams.processor")
 
 
@@ -74,9 +76,8 @@ class Output:
     def install(cls, app: faust.App) -> Output:
         """An Output on the aiokafka producer faust runs, whose every flush (before each commit and on each
         revocation) becomes :meth:`flush`."""
-        producer = app.producer
-        output = cls(producer.flush, producer._ensure_producer)
-        producer.flush = output.flush  # type: ignore[method-assign]
+        output = cls(*internals.flush_and_client(app.producer))
+        internals.replace_flush(app.producer, output.flush)
         return output
 
     def publish(self, topic: str, partition: int, key: bytes, value: bytes) -> None:

@@ -78,13 +78,13 @@ STOP_S = 30.0       # how long a processor may take to stop before it is killed
 
 
 def processor_group(settings: config.Settings) -> str:
-    from streams.processor.app import app_id
+    from streams.processor.names import app_id
 
     return app_id(settings)
 
 
 def command_topic(settings: config.Settings) -> str:
-    from streams.processor.app import command_topic as topic
+    from streams.processor.names import command_topic as topic
 
     return topic(settings)
 
@@ -207,7 +207,9 @@ def _start_processors(run: _Run, count: int) -> None:
     from streams.children import child_env
 
     run.logs.mkdir(parents=True, exist_ok=True)
-    env = {**child_env(run.settings), "ENXREBUILD_ALERTS_TOPIC": run.alerts_topic}
+    # several workers on one machine: none serves /metrics
+    env = {**child_env(dataclasses.replace(run.settings, worker_metrics_port=None)),
+           "ENXREBUILD_ALERTS_TOPIC": run.alerts_topic}
     for name in worker_plan(count):
         with open(run.logs / f"rebuild-{name}.log", "ab") as log:
             # a process each: a processor is bound to one core by its event loop

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams import internals
 from streams.config import Settings
 from streams.rebuild.plan import Positions, RebuiltAlert
 
@@ -41,7 +42,7 @@ async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        await internals.refresh_metadata(consumer)
         partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         return _pairs(await consumer.end_offsets(partitions)) if partitions else {}
     finally:
@@ -77,7 +78,7 @@ async def _delete_groups(admin: AIOKafkaAdminClient, groups: Iterable[str]) -> N
     for group in groups:
         try:
             node = await admin.find_coordinator(group)
-            await admin._send_request(DeleteGroupsRequest([group]), node)  # noqa: SLF001 - no public call
+            await internals.send_admin_request(admin, DeleteGroupsRequest([group]), node)
         except Exception:  # noqa: BLE001 - the group may not exist
             pass
 

@@ -57,7 +57,10 @@ def sunk_findings(query: QueryFn, ids: Iterable[str]) -> set[str]:
 
 
 def clickhouse_query(settings: Settings) -> QueryFn:
-    """The production query function (blocking: call it off the event loop)."""
+    """The production query function (blocking: call it off the event loop). It asks only the owner of an
+    embedded directory, never opens one itself: with the sink down what ClickHouse holds is stale (every
+    webhook since would look missing), and a pass every few minutes would hold the directory a starting
+    sink waits for. The pass fails instead and is tried again at the next interval."""
     from streams.sink.query import run_query
 
-    return lambda sql: run_query(settings, sql, "JSONEachRow", timeout_s=60.0)
+    return lambda sql: run_query(settings, sql, "JSONEachRow", timeout_s=60.0, open_unowned=False)

@@ -9,6 +9,8 @@ the worker ``enx-streams dev`` starts). The owner holds an ``fcntl.flock`` on ``
 the data directory (``<data dir>/clickhouse.owner.lock`` by default), which records its pid and command;
 the kernel releases the lock when the owner exits, even by SIGKILL, so a stale file never blocks a new
 owner. Other processes reach embedded data through the owner's query socket (:mod:`streams.sink.owner`).
+With no owner running, ``enx-streams sql`` holds the lock itself for one read, marked ``transient``; an
+owner starting meanwhile waits for that read to end (:meth:`OwnerLock.acquire`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from streams.config import Settings
@@ -92,6 +95,7 @@ def describe_process(argv: list[str] | None = None) -> str:
 class OwnerInfo:
     pid: int | None
     command: str
+    transient: bool = False  # a reader holding the directory for one query (``enx-streams sql``), not an owner
 
     def describe(self) -> str:
         pid = f"pid {self.pid}" if self.pid is not None else "another process"
@@ -103,7 +107,7 @@ def _read_owner(fd: int) -> OwnerInfo:
         os.lseek(fd, 0, os.SEEK_SET)
         data = json.loads(os.read(fd, 4096).decode() or "{}")
         return OwnerInfo(pid=int(data["pid"]) if data.get("pid") is not None else None,
-                         command=str(data.get("command") or ""))
+                         command=str(data.get("command") or ""), transient=bool(data.get("transient")))
     except (OSError, ValueError, TypeError, KeyError):
         return OwnerInfo(pid=None, command="")
 
@@ -114,6 +118,10 @@ def owner_refusal(db_path: Path, owner: OwnerInfo) -> str:
             f"ENX_CLICKHOUSE_DSN=http://user:password@host:8123/enablex, or stop that process first")
 
 
+READER_WAIT_S = 60.0  # how long anyone waits for a reader (enx-streams sql) holding the directory
+LOCK_POLL_S = 0.05
+
+
 class OwnerLock:
     """An exclusive, non-blocking ``flock`` on the owner file of an embedded data directory."""
 
@@ -122,20 +130,35 @@ class OwnerLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, db_path: Path, command: str | None = None) -> OwnerLock:
-        """Become the owner of ``db_path`` or raise :class:`OwnerError` naming the current owner."""
+    def acquire(cls, db_path: Path, command: str | None = None, *, transient: bool = False,
+                wait_s: float = READER_WAIT_S, clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], None] = time.sleep) -> OwnerLock:
+        """Become the owner of ``db_path`` or raise :class:`OwnerError` naming the current owner.
+
+        ``transient``: this process holds the directory for one read (``enx-streams sql`` with no owner
+        running), and says so in the owner file. Whoever finds the directory held by such a reader (or by a
+        process that has not written its name yet) waits up to ``wait_s`` for it to finish instead of
+        failing: a sink restarting while an analyst reads starts a moment later. An owner is refused at
+        once."""
         path = lock_path(db_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = _read_owner(fd)
-            os.close(fd)
-            raise OwnerError(owner_refusal(db_path, owner)) from None
+        deadline = clock() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_owner(fd)
+                if (holder.transient or holder.pid is None) and clock() < deadline:
+                    sleep(LOCK_POLL_S)  # a reader finishing its query: poll the lock until it lets go
+                    continue
+                os.close(fd)
+                raise OwnerError(owner_refusal(db_path, holder)) from None
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps({"pid": os.getpid(), "command": command or describe_process()}).encode())
+        record = {"pid": os.getpid(), "command": command or describe_process(), "transient": transient}
+        os.write(fd, json.dumps(record).encode())
         return cls(db_path, fd)
 
     @property

@@ -101,6 +101,7 @@ class SinkStats:
     commits: int = 0
     commit_failures: int = 0
     last_error: str | None = None
+    rows_by_table: dict[str, int] = dataclasses.field(default_factory=dict)  # of rows_inserted
 
 
 class Sink:
@@ -191,6 +192,7 @@ class Sink:
                     continue
                 self.stats.inserts += 1
                 self.stats.rows_inserted += len(data)
+                self.stats.rows_by_table[table] = self.stats.rows_by_table.get(table, 0) + len(data)
                 batch.done.add(table)
                 if attempt > 1:
                     log.info("insert into %s.%s succeeded after %d attempts", self.database, table, attempt)

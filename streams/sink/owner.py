@@ -22,7 +22,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,20 +29,11 @@ from aiohttp import web
 
 from streams.config import Settings
 from streams.sink.clickhouse import ClickHouseError, connect, settings_path, socket_path
+from streams.sink.query import FORMAT_NAME, OUTPUT_SETTINGS, is_readonly_error, readonly_refusal
 
 log = logging.getLogger("streams.sink.owner")
 
-FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 MAX_REQUEST_BYTES = 1024 * 1024
-
-
-def readonly_refusal(message: str) -> str:
-    return ("enx-streams sql is read-only on the embedded engine: SELECT, SHOW, DESCRIBE, EXPLAIN and the like "
-            "run; writes belong to the sink and the migrations (ClickHouse said: " + message + ")")
-
-
-def is_readonly_error(message: str) -> bool:
-    return "Code: 164" in message or "(READONLY)" in message
 
 
 class QueryServer:
@@ -66,7 +56,7 @@ class QueryServer:
                 raise ClickHouseError("the read-only session is closed")
             self._client = self._reopen()
         try:
-            return bytes(self._client.raw_query(sql, fmt=fmt))
+            return bytes(self._client.raw_query(sql, fmt=fmt, settings=OUTPUT_SETTINGS))
         except Exception:
             self._reset()
             raise

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests import dashboards
+from tests import dashboards, promql
 from streams.avro import default_codec
 from streams.config import Settings
 from streams.reconcile import compare
@@ -300,6 +300,17 @@ def test_every_panel_returns_rows_with_its_columns(loaded: Loaded, query: dashbo
     columns, result = run(loaded, query.sql)
     assert columns == query.expected_columns
     assert result, f"{query.dashboard} / {query.panel_title} returned no row"
+
+
+def test_every_query_is_sql_run_here_or_promql_checked_elsewhere() -> None:
+    """Two datasources: the ClickHouse targets are the SQL run above; the Prometheus ones (tests.promql, checked
+    against the exported metric names in tests/unit/test_prometheus_queries.py) never reach ClickHouse."""
+    targets = [t for b in dashboards.load_dashboards().values() for p in dashboards.iter_panels(b) for t in p["targets"]]
+    prometheus = promql.queries()
+    assert prometheus and len(PANELS) + sum(1 for q in prometheus if not q.where.startswith("alert rule ")) == len(targets)
+    assert all("expr" not in t for t in targets if dashboards.is_clickhouse(t["datasource"]))
+    rule_queries = [x for r in dashboards.load_alert_rules() for x in r["data"] if x["datasourceUid"] != "__expr__"]
+    assert len(RULES) + sum(1 for q in prometheus if q.where.startswith("alert rule ")) == len(rule_queries)
 
 
 def rule(title: str) -> dashboards.AlertQuery:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,20 @@ def test_dev_end_to_end(dev: Dev) -> None:
                  60, proc, dev.out)
     assert dead[0]["id"] == rejected["deadletter_id"]
 
+    # both /metrics the banner names answer: ingest's, and the worker's on the free port dev gave it
+    ingest_metrics, worker_metrics = re.findall(r"http://\S+/metrics", banner.split("metrics:", 1)[1].splitlines()[0])
+    assert ingest_metrics == dev.url + "/metrics" and worker_metrics.startswith("http://127.0.0.1:")
+
+    def scraped(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    assert 'enx_ingest_accepted_total{type="roomdrop"}' in scraped(ingest_metrics)
+    rows = _poll("the worker's metrics counting the dead letter's row",
+                 lambda: _when(scraped(worker_metrics), lambda t: 'enx_sink_rows_inserted_total{table="dead_letters"} 1.0'
+                               in t), 30, proc, dev.out)
+    assert 'enx_worker_consumer_lag{group="enablex.processor"' in rows and 'role="sink"' in rows
+
     took = dev.stop()
     assert took < 30, f"dev took {took:.1f} s to stop"
     assert proc.returncode == 0, dev.out.read_text()[-3000:]
@@ -194,9 +209,13 @@ def test_dev_end_to_end(dev: Dev) -> None:
 
     assert not LocalKafka(dev.data_dir, config.default_cache_dir(), port=dev.kafka_port).status().running
 
-    no_owner = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "SELECT 1"], env=dev.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
-    assert no_owner.returncode != 0 and "enx-streams dev" in no_owner.stderr
+    # a stopped dev's data stays readable: sql opens the directory itself, read-only, and says so
+    no_owner = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "--format", "JSONEachRow",
+                               "SELECT count() AS n FROM enablex.webhook_events FINAL"], env=dev.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert no_owner.returncode == 0, no_owner.stderr
+    assert "no process owns" in no_owner.stderr and "read-only" in no_owner.stderr
+    assert int(json.loads(no_owner.stdout)["n"]) == len(BODIES)
 
     # a second dev on the same data directory resumes with all data
     dev.start()

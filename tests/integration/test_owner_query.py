@@ -18,7 +18,8 @@ import pytest
 
 from streams.config import Settings
 from streams.sink import migrations
-from streams.sink.clickhouse import OwnerError, OwnerLock, connect, current_owner, settings_path, socket_path
+from streams.sink.clickhouse import OwnerError, OwnerInfo, OwnerLock, connect, current_owner, settings_path, \
+    socket_path
 from streams.sink.owner import QueryServer, serve_queries
 from streams.sink.query import QueryError, run_query
 
@@ -139,26 +140,73 @@ async def test_a_second_owner_is_refused(owner: Owner):
     assert current_owner(path).pid == os.getpid()
 
 
-def test_no_owner_says_so_and_how_to_start_one(tmp_path: Path):
+def migrated_directory(settings: Settings) -> None:
+    """A data directory as a stopped ``dev`` leaves it: migrated, one dead letter whose body is not UTF-8."""
+    with OwnerLock.acquire(settings_path(settings), "test writer"):
+        writer = connect(settings)
+        try:
+            migrations.apply(writer)
+            at = dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.timezone.utc)
+            writer.insert("enablex.dead_letters", [["dl1", at, "not_utf8: x", "not_utf8", b"\xff\xfe{\"a\":1}\x80",
+                                                    "127.0.0.1", {}]],
+                          column_names=["id", "received_at", "reason", "reason_code", "raw", "source", "headers"])
+        finally:
+            writer.close()
+
+
+def test_no_owner_opens_the_directory_itself_read_only(tmp_path: Path):
     settings = Settings(data_dir=tmp_path)
-    with pytest.raises(QueryError) as no_owner:
-        run_query(settings, "SELECT 1", "TSV")
-    message = str(no_owner.value)
-    assert "no process owns the embedded ClickHouse" in message
-    assert f"enx-streams dev --data-dir {tmp_path}" in message
-    assert f"enx-streams worker --roles sink --data-dir {tmp_path}" in message
+    migrated_directory(settings)
+    notes: list[str] = []
+    assert run_query(settings, "SELECT count() FROM enablex.dead_letters", "TSV", notice=notes.append) == b"1\n"
+    assert len(notes) == 1 and "no process owns" in notes[0] and "read-only" in notes[0]
+    with pytest.raises(QueryError, match="read-only"):
+        run_query(settings, "DROP TABLE enablex.dead_letters", "TSV")
+    with pytest.raises(QueryError, match="not a ClickHouse format name"):
+        run_query(settings, "SELECT 1", "JSON; DROP")
+    assert current_owner(settings_path(settings)) is None  # the lock went with the query
     # a socket left behind by a killed owner changes nothing
     sock = socket_path(settings_path(settings))
-    sock.parent.mkdir(parents=True)
+    sock.parent.mkdir(parents=True, exist_ok=True)
     sock.write_bytes(b"")
-    with pytest.raises(QueryError, match="no process owns"):
+    assert run_query(settings, "SELECT count() FROM enablex.dead_letters", "TSV") == b"1\n"
+
+
+def test_no_directory_says_so_and_how_to_start_one(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    with pytest.raises(QueryError) as nothing:
         run_query(settings, "SELECT 1", "TSV")
+    message = str(nothing.value)
+    assert "there is no embedded ClickHouse" in message and f"enx-streams dev --data-dir {tmp_path}" in message
+    assert not (tmp_path / "clickhouse").exists()  # a query creates nothing
 
 
-async def test_the_sql_command_without_owner_fails_with_the_way_out(tmp_path: Path):
-    code, out, err = await cli(Settings(data_dir=tmp_path), "SELECT 1")
-    assert code == 1 and out == ""
-    assert "no process owns" in err and "enx-streams dev --data-dir" in err
+JSON_FORMATS = ("JSONEachRow", "JSONCompactEachRow", "JSONLines", "NDJSON", "JSONStringsEachRow")
+
+
+async def test_the_sql_command_without_owner_reads_and_prints_valid_utf8_json(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    await asyncio.to_thread(migrated_directory, settings)
+    for fmt in JSON_FORMATS:
+        code, out, err = await cli(settings, "--format", fmt, "SELECT id, raw FROM enablex.dead_letters FINAL")
+        assert code == 0, err
+        assert "no process owns" in err and "read-only" in err
+        rows = [json.loads(line) for line in out.splitlines()]  # out was decoded as UTF-8 (strict) by cli()
+        assert len(rows) == 1 and "dl1" in json.dumps(rows[0]) and "\ufffd" in json.dumps(rows[0], ensure_ascii=False)
+    code, out, err = await cli(settings, "--format", "JSON", "SELECT raw FROM enablex.dead_letters")
+    assert code == 0 and json.loads(out)["rows"] == 1, err
+
+
+async def test_json_through_the_owner_is_valid_utf8(owner: Owner):
+    at = dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.timezone.utc)
+    await asyncio.to_thread(owner.writer.insert, "enablex.dead_letters",
+                            [["dl2", at, "not_utf8: x", "not_utf8", b"\xc3(\xa0\xa1", None, {}]],
+                            column_names=["id", "received_at", "reason", "reason_code", "raw", "source", "headers"])
+    for fmt in JSON_FORMATS:
+        out = await sql(owner.settings, "SELECT id, raw FROM enablex.dead_letters FINAL", fmt)
+        assert [json.loads(line) for line in out.decode("utf-8").splitlines()][0]
+    code, out, err = await cli(owner.settings, "--format", "JSONEachRow", "SELECT raw FROM enablex.dead_letters")
+    assert code == 0 and "no process owns" not in err and json.loads(out)["raw"].startswith("\ufffd"), err
 
 
 def test_a_killed_owner_leaves_the_directory_free(tmp_path: Path):
@@ -195,5 +243,56 @@ async def test_closing_the_owner_removes_its_socket(tmp_path: Path):
         finally:
             await server.close()
     assert not sock.exists()
-    with pytest.raises(QueryError, match="no process owns"):
-        await sql(settings, "SELECT 1")
+    assert await sql(settings, "SELECT 'itself'", "TSV") == b"itself\n"  # no owner: read in this process
+
+
+def _reader(path: Path) -> subprocess.Popen:
+    """A process holding ``path`` as ``enx-streams sql`` does with no owner running, until its stdin closes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from streams.sink.clickhouse import "
+         "OwnerLock; lock = OwnerLock.acquire(Path(sys.argv[1]), 'enx-streams sql (test)', transient=True); "
+         "print('held', flush=True); sys.stdin.read(); lock.release()", str(path)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_an_owner_starting_while_sql_reads_waits_for_the_read(tmp_path: Path):
+    """The reason sql-without-owner was once reverted: a sink restarted while a query held the directory
+    was refused. Now it waits for the reader (the injected sleep is where it waits: the reader finishes)."""
+    path = tmp_path / "clickhouse"
+    reader = _reader(path)
+    waits: list[float] = []
+
+    def reader_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        if reader.poll() is None:
+            reader.stdin.close()
+            reader.wait(timeout=30)
+
+    try:
+        assert current_owner(path).transient
+        with OwnerLock.acquire(path, "sink", sleep=reader_finishes) as lock:
+            assert lock.held and current_owner(path) == OwnerInfo(os.getpid(), "sink", False)
+        assert waits  # it waited, it was not refused
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def test_a_reader_that_outlasts_the_wait_is_named(tmp_path: Path):
+    path = tmp_path / "clickhouse"
+    reader = _reader(path)
+    now = [0.0]
+
+    def advance(seconds: float) -> None:
+        now[0] += 10.0
+
+    try:
+        with pytest.raises(OwnerError, match=rf"pid {reader.pid} \(enx-streams sql \(test\)\)"):
+            OwnerLock.acquire(path, "sink", wait_s=30.0, clock=lambda: now[0], sleep=advance)
+        assert now[0] >= 30.0  # it waited the whole time first
+        assert current_owner(path).pid == reader.pid  # and took nothing from the reader
+    finally:
+        reader.kill()
+        reader.wait()

@@ -157,10 +157,12 @@ def kinds_per_session(alerts: list[dict]) -> Counter:
 
 
 class Workers:
-    """Real worker processes (``python -m streams.cli worker --roles processor``)."""
+    """Real worker processes (``python -m streams.cli worker --roles processor``, or ``module``)."""
 
-    def __init__(self, settings: Settings, tmp: Path, sla_minutes: str = "0.1", env: dict | None = None) -> None:
+    def __init__(self, settings: Settings, tmp: Path, sla_minutes: str = "0.1", env: dict | None = None,
+                 module: str = "streams.cli") -> None:
         self.settings = settings
+        self.module = module  # what runs the CLI (tests/faults/faulty_worker.py: a worker with a defect provoked)
         self.tmp = tmp
         self.sla = sla_minutes
         self.env = dict(os.environ, **(env or {}))
@@ -172,7 +174,7 @@ class Workers:
             i = len(self.procs)
             with open(self.tmp / f"worker-{i}.log", "ab") as out:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "streams.cli", "worker", "--roles", "processor",
+                    [sys.executable, "-m", self.module, "worker", "--roles", "processor",
                      "--kafka-bootstrap", self.settings.kafka_bootstrap, "--topic-prefix", self.settings.topic_prefix,
                      "--partitions", str(PARTITIONS), "--data-dir", str(self.tmp / f"w{i}"),
                      "--transcode-sla-minutes", self.sla],

@@ -47,7 +47,7 @@ def cli_env(settings: Settings) -> dict:
 
 def query(settings: Settings, sql: str) -> list[dict] | None:
     try:
-        out = run_query(settings, sql, "JSONEachRow")
+        out = run_query(settings, sql, "JSONEachRow", open_unowned=False)  # through the owner only
     except QueryError:
         return None
     return [json.loads(line) for line in out.decode().splitlines()]

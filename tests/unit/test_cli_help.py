@@ -50,5 +50,6 @@ def test_a_command_s_own_options_keep_their_help_and_checks() -> None:
     assert "processor workers replaying the log" in help_of(["rebuild"])
     assert "any ClickHouse output format" in help_of(["sql"])
     assert "share of events delivered twice" in help_of(["simulate"])
+    assert "records a consumer group may be behind" in help_of(["status"])
     refused = runner.invoke(app, ["rebuild", "--processors", "0"])
     assert refused.exit_code == 2 and "--processors" in refused.output

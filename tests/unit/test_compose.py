@@ -69,3 +69,36 @@ def test_the_reconciler_is_a_profile_with_the_credentials_from_the_environment()
     assert env["ENX_ENABLEX_APP_ID"] == "${ENX_ENABLEX_APP_ID:-}" and env["ENX_ENABLEX_APP_KEY"] == "${ENX_ENABLEX_APP_KEY:-}"
     assert env["ENX_CLICKHOUSE_DSN"].startswith("http://")  # it asks the ClickHouse server, not an embedded one
     assert any(v.endswith(":/var/lib/enx-streams") for v in service["volumes"])  # the cursor survives a restart
+
+
+def test_prometheus_scrapes_ingest_and_every_worker_on_the_ports_they_listen_on() -> None:
+    service = SERVICES["prometheus"]
+    assert service["image"].startswith("prom/prometheus:v")
+    assert "9090:9090" in service["ports"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+    config_file = ROOT / mounts["/etc/prometheus/prometheus.yml"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in service["command"]
+    jobs = {job["job_name"]: job for job in yaml.safe_load(config_file.read_text())["scrape_configs"]}
+    assert set(jobs) == {"enx-ingest", "enx-worker"}
+
+    def targets(job: str) -> set[tuple[str, int]]:
+        (sd,) = jobs[job]["dns_sd_configs"]  # one target per container: a scaled service is scraped whole
+        return {(name, sd["port"]) for name in sd["names"]}
+
+    assert targets("enx-ingest") == {("ingest", int(SERVICES["ingest"]["environment"]["ENX_INGEST_PORT"]))}
+    workers = {name for name, s in SERVICES.items() if s.get("command", [None])[0] == "worker"}
+    assert workers == {"worker", "reconciler"}
+    for name in workers:
+        env = SERVICES[name]["environment"]
+        assert env["ENX_WORKER_METRICS_HOST"] == "0.0.0.0"  # reachable from the prometheus container
+        assert (name, int(env["ENX_WORKER_METRICS_PORT"])) in targets("enx-worker")
+    assert {n for n, _ in targets("enx-worker")} == workers
+    assert jobs["enx-ingest"]["metrics_path"] == jobs["enx-worker"]["metrics_path"] == "/metrics"
+
+
+def test_grafana_reads_the_prometheus_service() -> None:
+    source = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/prometheus.yaml").read_text())["datasources"][0]
+    host_port = SERVICES["prometheus"]["ports"][0].split(":")[1]
+    assert source["url"] == f"http://prometheus:{host_port}" and source["uid"] == "enx-prometheus"
+    assert "prometheus" in SERVICES["grafana"]["depends_on"]
+    assert "prometheus-data" in COMPOSE["volumes"]

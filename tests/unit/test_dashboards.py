@@ -53,7 +53,12 @@ def test_the_reconciliation_dashboard_shows_findings_and_rescued_sessions() -> N
     assert {"urls", "conf_num", "sla_state", "next_step"} <= set(recent.expected_columns)
 
 
-def test_every_panel_has_a_clickhouse_target_with_raw_sql() -> None:
+def is_prometheus_panel(panel: dict) -> bool:
+    return all(d.is_prometheus(t["datasource"]) for t in panel["targets"])
+
+
+def test_every_panel_has_clickhouse_targets_with_raw_sql_or_prometheus_targets_with_promql() -> None:
+    sources = set()
     for name, board in all_dashboards().items():
         panels = list(d.iter_panels(board))
         assert panels, name
@@ -61,15 +66,34 @@ def test_every_panel_has_a_clickhouse_target_with_raw_sql() -> None:
         for panel in panels:
             assert set(panel["gridPos"]) == {"x", "y", "w", "h"}, panel["title"]
             assert panel["targets"], f"{name} / {panel['title']}: no target"
+            assert panel["datasource"] == panel["targets"][0]["datasource"], panel["title"]  # one datasource a panel
             for target in panel["targets"]:
+                sources.add(target["datasource"]["uid"])
+                if is_prometheus_panel(panel):  # its PromQL is checked in test_prometheus_queries.py
+                    assert target["expr"].strip() and "rawSql" not in target, panel["title"]
+                    continue
                 assert target["datasource"] == {"type": "grafana-clickhouse-datasource", "uid": "enx-clickhouse"}
                 assert target["editorType"] == "sql" and target["rawSql"].strip()
                 assert target["queryType"] == ("timeSeries" if panel["type"] == "timeseries" else "table")
+    assert sources == {"enx-clickhouse", "enx-prometheus"}
+
+
+def test_a_query_for_an_unknown_datasource_is_refused(tmp_path: Path) -> None:
+    board = {"title": "t", "panels": [{"title": "p", "targets": [
+        {"datasource": {"type": "mysql", "uid": "x"}, "rawSql": "SELECT 1 AS a"}]}]}
+    (tmp_path / "b.json").write_text(json.dumps(board))
+    with pytest.raises(DashboardError, match="neither ClickHouse"):
+        d.panel_queries(tmp_path)
+    (tmp_path / "alerting").mkdir()
+    (tmp_path / "alerting" / "r.yaml").write_text(yaml.safe_dump({"apiVersion": 1, "groups": [{"rules": [
+        {"title": "r", "data": [{"refId": "A", "datasourceUid": "other", "model": {"rawSql": "SELECT 1 AS a"}}]}]}]}))
+    with pytest.raises(DashboardError, match="neither ClickHouse"):
+        d.alert_rule_queries(tmp_path)
 
 
 def test_panel_queries_covers_every_panel_with_its_columns() -> None:
     queries = d.panel_queries(JSON_DIR)
-    expected_panels = sum(len(list(d.iter_panels(b))) for b in all_dashboards().values())
+    expected_panels = sum(1 for b in all_dashboards().values() for p in d.iter_panels(b) if not is_prometheus_panel(p))
     assert len(queries) == expected_panels >= 20
     by_title = {(q.dashboard, q.panel_title): q for q in queries}
     stalled = by_title[("enx-streams: SLA overview", "Stalled sessions")]
@@ -85,6 +109,8 @@ def test_panel_config_only_names_columns_its_query_returns() -> None:
     boards = all_dashboards()
     for name, board in boards.items():
         for panel in d.iter_panels(board):
+            if is_prometheus_panel(panel):
+                continue  # series named by their labels, not by SELECT columns
             columns = select_columns(panel["targets"][0]["rawSql"])
             if panel["type"] == "timeseries":
                 assert columns[0] == "time", f"{panel['title']}: a time series needs its time column first"
@@ -200,6 +226,11 @@ def test_provisioning_points_grafana_at_the_datasource_uid_the_panels_use() -> N
     ds = yaml.safe_load((PROVISIONING / "datasources" / "clickhouse.yaml").read_text(encoding="utf-8"))
     (source,) = ds["datasources"]
     assert (source["type"], source["uid"]) == ("grafana-clickhouse-datasource", "enx-clickhouse")
+    assert source["isDefault"] is True
+    prometheus = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yaml").read_text(encoding="utf-8"))
+    (source,) = prometheus["datasources"]
+    assert (source["type"], source["uid"]) == (d.PROMETHEUS_TYPE, d.PROMETHEUS_UID) and source["isDefault"] is False
+    assert sorted(p.name for p in (PROVISIONING / "datasources").iterdir()) == ["clickhouse.yaml", "prometheus.yaml"]
     providers = yaml.safe_load((PROVISIONING / "dashboards" / "enx-streams.yaml").read_text(encoding="utf-8"))
     assert providers["providers"][0]["type"] == "file"
 

@@ -1,4 +1,5 @@
-"""When faust's consumer hands a record to the agent's queue without ``wait_first`` (streams/processor/drain.py):
+"""When faust's consumer hands a record to the agent's queue without ``wait_first``
+(streams/internals/lean_consumer.py):
 only when the conductor's delivery cannot wait for anything; and how it hands the records of the processor's
 topics to their inbox instead. Real faust objects, no broker: the app is never started."""
 
@@ -10,7 +11,8 @@ from collections.abc import Iterator
 import faust
 import pytest
 
-from streams.processor import drain
+from streams.internals import lean_consumer
+from streams.processor.inbox import Inbox
 
 
 @pytest.fixture()
@@ -18,7 +20,7 @@ def app() -> Iterator[faust.App]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app = faust.App("drain-test", broker="kafka://127.0.0.1:1", store="memory://", stream_buffer_maxsize=4)
-    drain.install(app, {"direct": drain.Inbox(3)})
+    lean_consumer.install(app, {"direct": Inbox(3)})
     app.flow_control.resume()  # as faust does once a rebalance is done
     yield app
     asyncio.set_event_loop(None)
@@ -33,13 +35,13 @@ def subscribe(app: faust.App, topic: str, channels: int = 1) -> list:
 
 
 def test_the_app_runs_the_lean_consumer(app: faust.App) -> None:
-    assert isinstance(app.consumer, drain.LeanConsumer)
+    assert isinstance(app.consumer, lean_consumer.LeanConsumer)
 
 
 def test_a_second_install_after_the_consumer_exists_is_refused(app: faust.App) -> None:
     app.consumer  # noqa: B018 - created
     with pytest.raises(RuntimeError, match="consumer exists already"):
-        drain.install(app)
+        lean_consumer.install(app)
 
 
 def test_a_record_goes_straight_to_a_queue_with_room(app: faust.App) -> None:
@@ -79,12 +81,12 @@ def test_not_while_faust_producer_buffer_is_over_its_limit(app: faust.App) -> No
 
 # -- the processor's topics: straight to their inbox -----------------------------------------------------
 
-def inbox_of(app: faust.App) -> drain.Inbox:
+def inbox_of(app: faust.App) -> Inbox:
     return app.consumer.inboxes["direct"]
 
 
 def test_an_inbox_hands_over_its_records_in_order_and_is_bounded(app: faust.App) -> None:
-    inbox = drain.Inbox(2)
+    inbox = Inbox(2)
     assert inbox.take() == [] and not inbox.full()
     inbox.put("a")
     inbox.put("b")
@@ -95,7 +97,7 @@ def test_an_inbox_hands_over_its_records_in_order_and_is_bounded(app: faust.App)
 
 def test_an_inbox_wakes_its_agent_and_the_drain_loop(app: faust.App) -> None:
     loop = asyncio.get_event_loop()
-    inbox = drain.Inbox(1)
+    inbox = Inbox(1)
 
     async def scenario() -> None:
         waiting = asyncio.ensure_future(inbox.wait())

@@ -95,19 +95,24 @@ def test_a_crash_while_emptying_resends_and_never_skips(tmp_path: Path, monkeypa
     restarted.close()
 
 
-def test_a_marker_past_the_end_reads_as_zero(tmp_path: Path) -> None:
+def test_a_marker_past_the_end_reads_as_zero_and_is_written_so(tmp_path: Path) -> None:
     """A spool emptied in the old order (truncate, then crash before the marker): frames appended after the
-    restart must not hide behind the stale marker."""
+    restart must not hide behind the stale marker, in this run or, after a second kill before anything was
+    acknowledged, in the next (found by tests/faults/test_spool_crash.py: the stale marker stayed on disk)."""
     spool = Spool(tmp_path)
     fill(spool, 3)
     spool.close()
     (tmp_path / "spool.acked").write_text(str(os.path.getsize(tmp_path / "spool.log")))
     os.truncate(tmp_path / "spool.log", 0)
     restarted = Spool(tmp_path)
-    assert restarted.acked() == 0
+    assert restarted.acked() == 0 and (tmp_path / "spool.acked").read_text() == "0"
     restarted.append("t", None, b"new")
     assert [f.value for f in restarted.pending()] == [b"new"]
-    restarted.close()
+    values = fill(restarted, 5)  # Kafka still away: past where the stale marker pointed, nothing acknowledged
+    restarted.close()  # killed
+    again = Spool(tmp_path)
+    assert [f.value for f in again.pending()] == [b"new", *values]
+    again.close()
 
 
 def test_a_marker_inside_a_frame_goes_back_to_its_start(tmp_path: Path) -> None:
@@ -203,3 +208,57 @@ def test_a_corrupt_length_is_never_read_as_gigabytes() -> None:
     frames, end = read_frames(reader, 0)
     assert [f.value for f in frames] == [b"v"] and end == len(good)
     assert reader.read_bytes <= len(good) + len(bad_header)
+
+
+
+def holding_a_frame(topic: str = "t") -> tuple[bytes, bytes]:
+    """A frame whose value holds, byte for byte, an intact frame of its own (a webhook can carry any text in a
+    field), and that inner frame."""
+    inner = encode_frame("elsewhere", b"forged", b"not a record anyone sent")
+    return encode_frame(topic, b"k", b"a" * 50 + inner + b"z" * 200), inner
+
+
+def test_a_torn_frame_holding_a_frame_is_cut_and_nothing_inside_it_replayed(tmp_path: Path) -> None:
+    """A kill in the middle of an append whose record holds the bytes of an intact frame: the torn frame's
+    header and fields agree, so it is the last write cut short; the frame inside it is its value, never one
+    of the spool's (a torn tail read as a corrupt middle frame would replay it)."""
+    spool = Spool(tmp_path)
+    values = fill(spool, 2)
+    spool.close()
+    outer, inner = holding_a_frame()
+    with open(tmp_path / "spool.log", "ab") as f:
+        f.write(outer[: outer.index(inner) + len(inner) + 20])
+    reopened = Spool(tmp_path)
+    assert [(f.topic, f.value) for f in reopened.pending()] == [("t", v) for v in values]
+    assert not (tmp_path / "quarantine").exists()  # a torn write is cut, not a bad block to keep
+    reopened.close()
+
+
+def test_a_corrupt_frame_holding_a_frame_is_quarantined_whole(tmp_path: Path) -> None:
+    """A bad block in a frame's value (its header and fields intact): the frame is moved aside whole, to its
+    declared end; the intact frame its value holds is not taken for one of the spool's."""
+    outer, inner = holding_a_frame()
+    damaged = bytearray(outer)
+    damaged[-5] ^= 0xFF  # in its value, after the frame it holds
+    before, after = encode_frame("t", b"k", b"before"), encode_frame("t", b"k", b"after")
+    (tmp_path / "spool.log").write_bytes(before + bytes(damaged) + after)
+    reopened = Spool(tmp_path)
+    assert [f.value for f in reopened.pending()] == [b"before", b"after"]
+    (moved,) = (tmp_path / "quarantine").iterdir()
+    assert moved.read_bytes() == bytes(damaged)
+    reopened.close()
+
+
+def test_a_corrupt_length_keeps_the_frames_after_it(tmp_path: Path) -> None:
+    """A bad block in a length field (pointing past the end): its fields disagree with it, so it is no torn
+    write, and the fsynced frames after it are kept."""
+    spool = Spool(tmp_path)
+    values = fill(spool, 4)
+    frames = spool.pending()
+    spool.close()
+    data = bytearray((tmp_path / "spool.log").read_bytes())
+    data[frames[0].end:frames[0].end + 4] = S.HEADER.pack(frames[1].end - frames[0].end + 5000, 0)[:4]
+    (tmp_path / "spool.log").write_bytes(bytes(data))
+    reopened = Spool(tmp_path)
+    assert [f.value for f in reopened.pending()] == [values[0], *values[2:]]
+    reopened.close()

@@ -1,4 +1,5 @@
-"""faust's consumer with a leaner hand-over of each fetched record to the agents.
+"""faust's consumer with a leaner hand-over of each fetched record to the agents (its private members are
+listed in :data:`streams.internals.MEMBERS`).
 
 faust-streaming 0.15.3 hands every fetched record to its conductor through ``Service.wait_first(
 callback(message), suspend_flow.wait())``, so that a rebalance beginning while a delivery waits (its
@@ -32,11 +33,9 @@ the conductor path (bench/faust_bare.py's shipped agent on it: 8,400 against 12,
 delivers up to 100 records per turn, so the queue fills, and the likely cause, not verified, is faust
 pausing and resuming the partitions.
 """
-
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, cast
 
@@ -45,53 +44,10 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from mode import Service
 
+from streams.internals import consumer_created, topic_channels
+from streams.processor.inbox import Inbox
 
 INBOX_YIELD_SHARE = 0.02  # what a record put in an inbox counts towards the drain loop's yield (1: faust's)
-
-
-class Inbox:
-    """The records of some topics, handed by the drain loop straight to the one agent that handles them: no
-    event, no conductor, no stream queue (about 10 µs of the event loop per record less than faust's path).
-    Bounded like a stream's queue: while it is full the drain loop waits, and so does the fetcher.
-
-    What faust's stream iterator would do per record is the agent's to do: judge the record's consumer
-    generation (a record fetched before a rebalance may still be here after it) and ack it
-    (``consumer.ack(message)``) once handled."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._items: deque[Any] = deque()
-        self._ready = asyncio.Event()  # records wait
-        self._room = asyncio.Event()  # below maxsize
-        self._room.set()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def full(self) -> bool:
-        return len(self._items) >= self.maxsize
-
-    def put(self, message: Any) -> None:
-        self._items.append(message)
-        self._ready.set()
-        if len(self._items) >= self.maxsize:
-            self._room.clear()
-
-    def take(self) -> list[Any]:
-        """Every record waiting, oldest first (none: an empty list)."""
-        items = list(self._items)
-        self._items.clear()
-        self._ready.clear()
-        self._room.set()
-        return items
-
-    async def wait(self) -> None:
-        """Until a record waits."""
-        await self._ready.wait()
-
-    async def room(self) -> None:
-        """Until the inbox is below its size."""
-        await self._room.wait()
 
 
 class LeanConsumer(AIOKafkaDriverConsumer):
@@ -102,7 +58,7 @@ class LeanConsumer(AIOKafkaDriverConsumer):
 
     def channels_of(self, topic: str) -> Iterable[Any]:
         """The channels (streams) subscribed to ``topic`` (the conductor's index, rebuilt at each rebalance)."""
-        return self.app.topics._topic_name_index.get(topic, ())
+        return topic_channels(self.app, topic)
 
     def can_deliver_now(self, topic: str) -> bool:
         """Whether the conductor would deliver a record of ``topic`` without waiting for anything."""
@@ -208,7 +164,7 @@ def install(app: faust.App, inboxes: Mapping[str, Inbox] | None = None) -> None:
     """Make ``app`` create a :class:`LeanConsumer` (before anything has created its consumer) that hands the
     records of each topic in ``inboxes`` to that :class:`Inbox`. An agent must still subscribe to those
     topics (``@app.agent``), so that faust assigns their partitions and commits what is acked."""
-    if app._consumer is not None:
+    if consumer_created(app):
         raise RuntimeError("the app's consumer exists already: install the lean consumer before it is created")
     consumer = type("LeanConsumer", (LeanConsumer,), {"inboxes": dict(inboxes or {})})
     app.transport.Consumer = consumer  # type: ignore[misc]

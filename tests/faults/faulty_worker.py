@@ -1,0 +1,105 @@
+"""A processor worker with one of faust-streaming's defects provoked on purpose, so that the processor's
+remedy for it is tested directly (tests/faults/test_faust_remedies.py), not only by the worker-kill test
+that once found it. ``ENXTEST_DEFECT`` says which:
+
+- ``undelivered:<partition>:<start>:<stop>``: the drain loop takes the webhook log's records at offsets
+  ``start..stop-1`` of that partition as delivered (faust's read offset moves past them) but never hands
+  them to the agent, each once: faust's "records dropped around a rebalance", remedied by
+  streams/processor/gaps.py.
+- ``unfetched:<partition>``: no record of that partition of the webhook log reaches the drain loop until
+  the consumer is sought on it again after one was withheld: faust's "a partition taken over and never
+  fetched", remedied by the SLA watch's ``check_progress`` (streams/processor/app.py).
+
+Each withheld record is said on stderr (``defect: withheld ...``), so a test can tell that the defect was
+provoked. Run as ``python -m tests.faults.faulty_worker worker --roles processor ...`` (the CLI's own
+arguments)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from streams.internals import lean_consumer
+
+LOG_SUFFIX = "webhooks.v1"
+
+
+def say(text: str) -> None:
+    print(f"defect: {text}", file=sys.stderr, flush=True)
+
+
+class UndeliveredInbox:
+    """The agent's inbox, except that the chosen records of the log vanish on their way in, once each."""
+
+    def __init__(self, inner: Any, partition: int, offsets: range) -> None:
+        self.inner, self.partition, self.offsets = inner, partition, offsets
+        self.withheld: set[int] = set()
+
+    def full(self) -> bool:
+        return self.inner.full()
+
+    async def room(self) -> None:
+        await self.inner.room()
+
+    def put(self, message: Any) -> None:
+        if (message.topic.endswith(LOG_SUFFIX) and message.partition == self.partition
+                and message.offset in self.offsets and message.offset not in self.withheld):
+            self.withheld.add(message.offset)
+            say(f"withheld {message.topic}[{message.partition}]@{message.offset} (taken as delivered)")
+            return
+        self.inner.put(message)
+
+
+class UnfetchedConsumer(lean_consumer.LeanConsumer):
+    """The lean consumer, blind to one partition of the log until it is sought again after withholding."""
+
+    blind: int = -1
+    withheld = 0
+
+    async def getmany(self, timeout: float) -> AsyncIterator[Any]:
+        async for tp, message in super().getmany(timeout):
+            if tp.topic.endswith(LOG_SUFFIX) and tp.partition == type(self).blind:
+                type(self).withheld += 1
+                say(f"withheld {tp.topic}[{tp.partition}]@{message.offset} (never fetched)")
+                continue
+            yield tp, message
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        cls = type(self)
+        if partition.topic.endswith(LOG_SUFFIX) and partition.partition == cls.blind and cls.withheld:
+            say(f"sought {partition.topic}[{partition.partition}] to {offset}: fetched again")
+            cls.blind = -1
+        await super().seek(partition, offset)
+
+
+def provoke(defect: str) -> None:
+    kind, _, args = defect.partition(":")
+    if kind == "undelivered":
+        partition, start, stop = (int(a) for a in args.split(":"))
+        install = lean_consumer.install
+
+        def install_undelivered(app: Any, inboxes: Mapping[str, Any] | None = None) -> None:
+            wrapped: dict[Any, UndeliveredInbox] = {}
+            for topic, inbox in (inboxes or {}).items():
+                wrapped.setdefault(id(inbox), UndeliveredInbox(inbox, partition, range(start, stop)))
+            install(app, {t: wrapped[id(i)] for t, i in (inboxes or {}).items()})
+
+        lean_consumer.install = install_undelivered
+    elif kind == "unfetched":
+        UnfetchedConsumer.blind = int(args)
+        lean_consumer.LeanConsumer = UnfetchedConsumer  # what install() subclasses
+    else:
+        raise SystemExit(f"unknown ENXTEST_DEFECT {defect!r}")
+
+
+def main() -> None:
+    provoke(os.environ["ENXTEST_DEFECT"])
+    from streams.cli import app
+
+    app(args=sys.argv[1:], prog_name="enx-streams")
+
+
+if __name__ == "__main__":
+    main()

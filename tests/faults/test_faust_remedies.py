@@ -1,0 +1,82 @@
+"""Each remedy the processor has for a defect of faust-streaming 0.15.3, tested by provoking that defect
+directly (tests/faults/faulty_worker.py) in a real worker on the real broker, not only by the worker-kill
+test that once found it:
+
+- records faust takes as delivered but never hands to the agent (seen around a rebalance): the agent
+  notices the hole in the offsets, reads the records back itself and processes them (gaps.py), so every
+  session has its state and the group's commit passes the hole;
+- a partition assigned to the worker that is never fetched: the SLA watch notices records waiting and
+  nothing delivered for 10 s, and seeks the consumer back onto it (``check_progress``).
+
+Without the remedy, the first leaves ten sessions without their event and the commit stuck at the hole
+for good; the second leaves a partition's sessions unprocessed for good."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streams.processor.watch import partition_of
+from tests.integration.test_processor import (APP, PARTITIONS, Workers, commits_reach_the_end, event, fresh_settings,
+                                              produce, read)
+
+pytestmark = pytest.mark.faults
+
+
+def confs_on(prefix: str, partition: int, n: int) -> list[str]:
+    out, i = [], 0
+    while len(out) < n:
+        conf = f"{prefix}{i}"
+        if partition_of(f"{APP}/{conf}", PARTITIONS) == partition:
+            out.append(conf)
+        i += 1
+    return out
+
+
+def sessions_seen(settings, keys: set[bytes], workers: Workers, timeout_s: float) -> set[bytes]:
+    def all_seen(got: list) -> bool:
+        workers.check_alive()
+        return keys <= {r.key for r in got}
+
+    return keys - {r.key for r in read(settings, "sessions", all_seen, timeout_s)}
+
+
+def test_records_taken_as_delivered_but_never_handed_over_are_read_back(bootstrap: str, tmp_path: Path) -> None:
+    settings = fresh_settings(bootstrap, tmp_path)
+    sessions = confs_on(f"gap-{uuid.uuid4().hex[:6]}-", 0, 40)
+    produce(settings, [event("roomdrop", c, 1.7e9, 1.7e9) for c in sessions])  # offsets 0..39 of partition 0
+    workers = Workers(settings, tmp_path, env={"ENXTEST_DEFECT": "undelivered:0:10:20"},
+                      module="tests.faults.faulty_worker")
+    workers.start(1)
+    try:
+        missing = sessions_seen(settings, {f"{APP}/{c}".encode() for c in sessions}, workers, 90)
+        log = (tmp_path / "worker-0.log").read_text()
+        assert log.count("defect: withheld") == 10, f"the defect was not provoked as planned\n{workers.logs()}"
+        assert not missing, f"{len(missing)} sessions never processed: {sorted(missing)[:5]}\n{workers.logs()}"
+        assert "offsets 10..19" in log and "reading them back" in log, workers.logs()
+        commits_reach_the_end(workers, timeout_s=30)
+    finally:
+        assert workers.stop() == [0], workers.logs()
+
+
+def test_a_partition_assigned_but_never_fetched_is_sought_again(bootstrap: str, tmp_path: Path) -> None:
+    settings = fresh_settings(bootstrap, tmp_path)
+    blind = 1
+    sessions = {p: confs_on(f"unf-{uuid.uuid4().hex[:6]}-{p}-", p, 5) for p in range(PARTITIONS)}
+    produce(settings, [event("roomdrop", c, 1.7e9, 1.7e9) for cs in sessions.values() for c in cs])
+    workers = Workers(settings, tmp_path, env={"ENXTEST_DEFECT": f"unfetched:{blind}"},
+                      module="tests.faults.faulty_worker")
+    workers.start(1)
+    try:
+        missing = sessions_seen(settings, {f"{APP}/{c}".encode() for cs in sessions.values() for c in cs},
+                                workers, 90)
+        log = (tmp_path / "worker-0.log").read_text()
+        assert "(never fetched)" in log, f"the defect was not provoked\n{workers.logs()}"
+        assert not missing, f"{len(missing)} sessions never processed: {sorted(missing)[:5]}\n{workers.logs()}"
+        webhooks = settings.topic("webhooks")
+        assert f"{webhooks}[{blind}]: nothing received for" in log and "fetched again" in log, workers.logs()
+        commits_reach_the_end(workers, timeout_s=30)
+    finally:
+        assert workers.stop() == [0], workers.logs()
