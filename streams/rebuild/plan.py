@@ -119,12 +119,13 @@ class Completion:
         """The stage after ``seen`` (several at once if they hold)."""
         now = self
         while True:
-            after = now._step(seen)
+            after = now.step(seen)
             if after is now:
                 return now
             now = after
 
-    def _step(self, seen: Observation) -> Completion:
+    def step(self, seen: Observation) -> Completion:
+        """The stage after ``seen``, one at most."""
         outputs_now = of_topics(seen.ends, self.outputs_topics)
         if self.stage is Stage.REPLAYING:
             if reached(seen.processed, self.inputs) < total(self.inputs):
