@@ -175,6 +175,8 @@ class LocalKafka:
     controller in one JVM); given a :class:`ClusterRole` (and its own ``home``), one node of a
     :class:`LocalKafkaCluster`."""
 
+    START_TIMEOUT_S = 90.0
+
     def __init__(self, data_dir: Path, cache_dir: Path, port: int = 9092, host: str = "localhost",
                  heap: str | None = None, *, home: Path | None = None, role: ClusterRole | None = None) -> None:
         self.home = Path(home).resolve() if home is not None else Path(data_dir).resolve() / "kafka"
@@ -405,6 +407,15 @@ class ClusterStatus:
         return "\n".join(lines)
 
 
+def cluster_size(data_dir: Path) -> int | None:
+    """The number of brokers of the local cluster whose layout ``<data_dir>/kafka/cluster.json`` holds (None
+    when there is none: the data dir has a single broker, or nothing yet)."""
+    try:
+        return len(json.loads((Path(data_dir) / "kafka" / "cluster.json").read_text())["ports"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class LocalKafkaCluster:
     """A local cluster of ``brokers`` KRaft nodes on loopback, for tests of a broker's loss and for trying a
     deployment's replication on one machine. The first three nodes are broker and controller in one JVM
@@ -412,8 +423,11 @@ class LocalKafkaCluster:
     ``<data_dir>/kafka/node-<i>``; the layout (ports, cluster id) is fixed at the first start in
     ``<data_dir>/kafka/cluster.json``, so a node restarted alone rejoins the same quorum."""
 
+    START_TIMEOUT_S = 180.0
+
     def __init__(self, data_dir: Path, cache_dir: Path, brokers: int = 3, port: int = 9092,
-                 host: str = "localhost", heap: str | None = None, ports: list[int] | None = None) -> None:
+                 host: str = "localhost", heap: str | None = None, ports: list[int] | None = None,
+                 replication: int | None = None) -> None:
         if brokers < 1:
             raise BrokerError(f"a cluster needs at least one broker, got --brokers {brokers}")
         self.home = Path(data_dir).resolve() / "kafka"
@@ -428,7 +442,7 @@ class LocalKafkaCluster:
                                   "controller_ports": [free_port() for _ in range(min(QUORUM, brokers))]}
         controllers = self._layout["controller_ports"]
         voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(controllers))
-        replication = replication_for(brokers)
+        replication = replication_for(brokers, replication)  # of the internal topics (ENX_KAFKA_REPLICATION)
         heap = heap or os.environ.get("KAFKA_HEAP_OPTS") or CLUSTER_HEAP
         self.nodes = [
             LocalKafka(data_dir, cache_dir, port=p, host=host, heap=heap, home=self.home / f"node-{i + 1}",

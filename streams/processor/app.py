@@ -64,6 +64,8 @@ from faust.types import TP, Message
 from streams import dead_letters
 from streams.avro import default_codec
 from streams.broker.limits import MAX_MESSAGE_BYTES
+from streams.broker.replication import DURABLE_PRODUCER
+from streams.broker.topics import COMPACTED, TopicSpec
 from streams.config import Settings
 from streams.processor import drain, rules
 from streams.processor.gaps import Continuity, LogReader
@@ -105,6 +107,28 @@ def app_id(settings: Settings) -> str:
 def command_topic(settings: Settings) -> str:
     """The SLA watch's commands to the owning agent (internal; same partitions and keys as the log)."""
     return f"{app_id(settings)}-commands"
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog faust keeps ``table`` in (faust's naming: ``<app id>-<table>-changelog``)."""
+    return f"{app_id(settings)}-{table}-changelog"
+
+
+def internal_topics(settings: Settings) -> list[TopicSpec]:
+    """The processor's own topics, provisioned beside the contract's (so with its replication and
+    ``min.insync.replicas``, not faust's default of one replica): the command topic and the tables' compacted
+    changelogs, each with the log's partition count (a table's partition is its source's)."""
+    commands = TopicSpec(command_topic(settings), settings.partitions,
+                         {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)}, partitions_must_match=True)
+    return [commands, *(TopicSpec(changelog_topic(settings, t), settings.partitions, dict(COMPACTED),
+                                  partitions_must_match=True) for t in rules.TABLES)]
+
+
+def make_durable(producer: Any) -> None:
+    """faust's aiokafka producer is idempotent only inside a transaction (its ``_settings_extra``); the
+    processor's always is, with ``acks=all``: a send retried after a leader's loss is written once."""
+    extra = producer._settings_extra
+    producer._settings_extra = lambda: {**extra(), **DURABLE_PRODUCER}
 
 
 def default_clock() -> Callable[[], float]:
@@ -179,6 +203,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None) -> 
     # the index is rebuilt from the tables after every rebalance (tables restored from changelogs)
     reindex = {"needed": True, "generation": 0}
 
+    make_durable(app.producer)
     output = Output.install(app)
     # the memory stores' dicts, read and written directly: the tables' own get() and set() add sensors, key
     # lookups and a changelog send per call (faust's memory store keeps one dict for good). Taken at first
