@@ -165,7 +165,7 @@ async def reset_kafka(settings: config.Settings, echo: Callable[[str], None]) ->
         await admin.close()
     while True:  # a just-deleted topic may refuse re-creation for a moment
         try:
-            await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+            await ensure_topics(settings.kafka_bootstrap, contract_topics(settings), settings.kafka_replication)
             return
         except Exception as exc:  # noqa: BLE001
             if time.monotonic() > deadline:
