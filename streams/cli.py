@@ -23,7 +23,7 @@ from streams.status.judge import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG
 
 app = typer.Typer(help="enx-streams: EnableX session webhooks -> Kafka -> Faust -> ClickHouse.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft) for one machine and for tests.",
+kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft), or a local cluster, for one machine and for tests.",
                         no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 
@@ -69,15 +69,23 @@ def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- kafka ------------------------------------------------------------------------------------------
 
-PortOption = Annotated[Optional[int], typer.Option("--port", help="broker port (default: the port of "
-                                                   "ENX_KAFKA_BOOTSTRAP, 9092)")]
+PortOption = Annotated[Optional[int], typer.Option("--port", help="broker port, the first broker's in a cluster "
+                                                   "(default: the port of ENX_KAFKA_BOOTSTRAP, 9092)")]
+BrokersOption = Annotated[Optional[int], typer.Option(
+    "--brokers", min=1, help="brokers of the local cluster on ports N, N+1, ... (a KRaft quorum of three "
+    "controllers from 3 up; default: the cluster in the data dir, else 1)")]
 
 
-def _local_kafka(settings: config.Settings, port: int | None):
-    from streams.broker.local import LocalKafka
+def _local_kafka(settings: config.Settings, port: int | None, brokers: int | None = None):
+    """The single local broker, or the local cluster when ``--brokers`` is above 1 or the data dir holds one."""
+    from streams.broker.local import LocalKafka, LocalKafkaCluster, cluster_size
 
     if port is None:
         port = _port_of(settings.kafka_bootstrap)
+    size = cluster_size(settings.data_dir)
+    if (brokers or 1) > 1 or size:  # a cluster's layout in the data dir says its size (and refuses another)
+        return LocalKafkaCluster(settings.data_dir, settings.cache_dir, brokers=brokers or size, port=port,
+                                 replication=settings.kafka_replication)
     return LocalKafka(settings.data_dir, settings.cache_dir, port=port)
 
 
@@ -91,14 +99,16 @@ def _port_of(bootstrap: str) -> int:
 
 @kafka_app.command("start")
 @with_settings
-def kafka_start(settings: config.Settings, port: PortOption = None,
-                timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 90.0) -> None:
-    """Start the local broker (resolving its jars with Maven on first use) and wait until it answers."""
+def kafka_start(settings: config.Settings, port: PortOption = None, brokers: BrokersOption = None,
+                timeout: Annotated[Optional[float], typer.Option(
+                    help="seconds to wait for the broker(s) (default 90, 180 for a cluster)")] = None) -> None:
+    """Start the local broker, or with --brokers 3 a cluster (resolving the jars with Maven on first use), and
+    wait until every broker answers."""
     from streams.broker.local import BrokerError
 
-    broker = _local_kafka(settings, port)
     try:
-        status = broker.start(timeout_s=timeout, echo=lambda m: typer.echo(m, err=True))
+        broker = _local_kafka(settings, port, brokers)
+        status = broker.start(timeout_s=timeout or broker.START_TIMEOUT_S, echo=lambda m: typer.echo(m, err=True))
     except BrokerError as exc:
         fail(str(exc))
     typer.echo(status.describe())
@@ -106,16 +116,27 @@ def kafka_start(settings: config.Settings, port: PortOption = None,
 
 @kafka_app.command("stop")
 @with_settings
-def kafka_stop(settings: config.Settings, port: PortOption = None) -> None:
-    """Stop the local broker: SIGTERM, wait, then report."""
-    typer.echo(_local_kafka(settings, port).stop())
+def kafka_stop(settings: config.Settings, port: PortOption = None, brokers: BrokersOption = None) -> None:
+    """Stop the local broker (or every broker of the local cluster): SIGTERM, wait, then report."""
+    from streams.broker.local import BrokerError
+
+    try:
+        typer.echo(_local_kafka(settings, port, brokers).stop())
+    except BrokerError as exc:
+        fail(str(exc))
 
 
 @kafka_app.command("status")
 @with_settings
-def kafka_status(settings: config.Settings, port: PortOption = None) -> None:
-    """Say whether the local broker runs, and its bootstrap address. Exit 0 when running, 3 when not."""
-    status = _local_kafka(settings, port).status()
+def kafka_status(settings: config.Settings, port: PortOption = None, brokers: BrokersOption = None) -> None:
+    """Say whether the local broker (or each broker of the cluster) runs, and the bootstrap address. Exit 0 when
+    running (every broker), 3 when not (or not every broker)."""
+    from streams.broker.local import BrokerError
+
+    try:
+        status = _local_kafka(settings, port, brokers).status()
+    except BrokerError as exc:
+        fail(str(exc))
     typer.echo(status.describe())
     raise typer.Exit(0 if status.running else 3)
 
@@ -140,7 +161,8 @@ def kafka_topics(settings: config.Settings) -> None:
     from streams.broker.topics import TopicConflict, contract_topics, ensure_topics
 
     try:
-        report = asyncio.run(ensure_topics(settings.kafka_bootstrap, contract_topics(settings)))
+        report = asyncio.run(ensure_topics(settings.kafka_bootstrap, contract_topics(settings),
+                                           settings.kafka_replication))
     except TopicConflict as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - a connection error, said plainly

@@ -134,6 +134,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", lambda s: Path(s).expanduser(),
             "where the local broker, the spool and the embedded ClickHouse live (default ~/.enx-streams)"),
     Setting("kafka_bootstrap", str, "Kafka bootstrap servers, host:port[,host:port]"),
+    Setting("kafka_replication", _positive_int, "replicas of every topic provisioned (min.insync.replicas one less, "
+            "at least 1); unset = min(3, brokers in the cluster)"),
     Setting("clickhouse_dsn", str,
             "chdb://<abs path> for the embedded engine (default <data dir>/clickhouse), "
             "http(s)://user:password@host:8123/enablex for a server", secret=True),
@@ -174,6 +176,7 @@ SETTINGS_BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
 class Settings:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     kafka_bootstrap: str = "localhost:9092"
+    kafka_replication: int | None = None  # None: min(3, brokers), streams.broker.replication
     clickhouse_dsn: Secret | None = None  # None: embedded chdb://<data_dir>/clickhouse
     transcode_sla_minutes: float = 45.0
     ingest_token: Secret | None = None

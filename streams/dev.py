@@ -119,7 +119,8 @@ class DevStack:
         from streams.broker.topics import TopicConflict, contract_topics, ensure_topics
 
         try:
-            for line in asyncio.run(ensure_topics(self.settings.kafka_bootstrap, contract_topics(self.settings))):
+            for line in asyncio.run(ensure_topics(self.settings.kafka_bootstrap, contract_topics(self.settings),
+                                                  self.settings.kafka_replication)):
                 self.echo(f"topics: {line}")
         except TopicConflict as exc:
             raise DevError(str(exc)) from None

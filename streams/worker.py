@@ -45,15 +45,13 @@ def parse_roles(text: str) -> frozenset[str]:
 
 
 def _provision(settings: Settings) -> None:
-    from streams.broker.topics import TopicSpec, contract_topics, ensure_topics
-    from streams.processor.app import command_topic
+    from streams.broker.topics import contract_topics, ensure_topics
+    from streams.processor.app import internal_topics
 
-    specs = contract_topics(settings)
-    specs.append(TopicSpec(command_topic(settings), settings.partitions,
-                           {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)},
-                           partitions_must_match=True))
-    for line in asyncio.run(ensure_topics(settings.kafka_bootstrap, specs)):
-        logging.getLogger("streams.worker").info("topics: %s", line)
+    specs = contract_topics(settings) + internal_topics(settings)
+    log = logging.getLogger("streams.worker")
+    for line in asyncio.run(ensure_topics(settings.kafka_bootstrap, specs, settings.kafka_replication)):
+        (log.warning if line.startswith("warning") else log.info)("topics: %s", line)
 
 
 def _sink_alone(settings: Settings, roles: frozenset[str], metrics: WorkerMetrics) -> int:

@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.broker.limits import MAX_MESSAGE_BYTES
+from streams.broker.replication import min_insync_replicas, replication_findings, replication_for
 from streams.config import Settings
 
 KEPT_FOREVER = {"retention.ms": "-1", "cleanup.policy": "delete"}
@@ -41,6 +42,10 @@ CONTRACT_CONFIGS: Mapping[str, Mapping[str, str]] = {
 CO_PARTITIONED = frozenset({"webhooks", "reconcile"})
 
 TOPIC_ALREADY_EXISTS = 36
+INVALID_REPLICATION_FACTOR = 38
+# Kafka's own topics, created by the brokers from their settings (offsets.topic.replication.factor,
+# transaction.state.log.replication.factor and .min.isr): checked when they exist, never created here.
+INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
 
 
 class TopicConflict(RuntimeError):
@@ -99,9 +104,15 @@ def _at_least(have: str | None, want: str) -> bool:
         return False
 
 
-async def _existing(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+async def _replicas(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[int, list[int]]]:
+    """Each existing topic's replicas (broker ids) per partition."""
     described = await admin.describe_topics(names)
-    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+    return {t["topic"]: {p["partition"]: list(p["replicas"]) for p in t["partitions"]}
+            for t in described if t["error_code"] == 0}
+
+
+async def _existing(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    return {name: len(partitions) for name, partitions in (await _replicas(admin, names)).items()}
 
 
 async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
@@ -142,29 +153,40 @@ async def describe_topic_configs(bootstrap: str, names: list[str]) -> dict[str, 
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int | None = None) -> list[str]:
     """Create the missing topics, check the existing ones; returns one line per topic for the log.
 
-    ``replication`` defaults to min(3, number of brokers). Raises :class:`TopicConflict` listing every
-    existing topic that contradicts its spec.
+    ``replication`` (ENX_KAFKA_REPLICATION) overrides min(3, number of brokers); every topic created gets
+    ``min.insync.replicas`` one less (at least 1). Raises :class:`TopicConflict` listing every existing topic
+    that contradicts its spec; an existing topic (or an internal one, :data:`INTERNAL_TOPICS`) with fewer
+    replicas or another ``min.insync.replicas`` is reported as a warning with the command that fixes it.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        if replication is None:
-            cluster = await admin.describe_cluster()
-            replication = max(1, min(3, len(cluster["brokers"])))
+        cluster = await admin.describe_cluster()
+        brokers = sorted(b["node_id"] for b in cluster["brokers"])
+        replication = replication_for(len(brokers), replication)
+        durability = {"min.insync.replicas": str(min_insync_replicas(replication))}
         names = [s.name for s in specs]
         existing = await _existing(admin, names)
         missing = [s for s in specs if s.name not in existing]
         report = []
         if missing:
             response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.configs)) for s in missing])
+                [NewTopic(s.name, s.partitions, replication, topic_configs={**s.configs, **durability})
+                 for s in missing])
             for topic_error in response.to_object().get("topic_errors", []):
                 code = topic_error["error_code"]
+                if code == INVALID_REPLICATION_FACTOR:
+                    raise TopicConflict(f"could not create topic {topic_error['topic']} with {replication} "
+                                        f"replicas: the cluster has {len(brokers)} broker(s) up. Start the "
+                                        f"others, or set ENX_KAFKA_REPLICATION to at most {len(brokers)}")
                 if code not in (0, TOPIC_ALREADY_EXISTS):
                     raise TopicConflict(f"could not create topic {topic_error['topic']}: error {code} "
                                         f"{topic_error.get('error_message') or ''}".strip())
-            report += [f"created {s.name} ({s.partitions} partitions, {_fmt(s.configs)})" for s in missing]
+            report += [f"created {s.name} ({s.partitions} partitions, {replication} replica{'s' * (replication > 1)}, "
+                       f"{_fmt({**s.configs, **durability})})" for s in missing]
         existing, configs = await _described(admin, names)
+        report += await _replication_warnings(admin, [s.name for s in specs if s not in missing], replication,
+                                              brokers)
         problems = []
         for spec in specs:
             issues = contradictions(spec, existing.get(spec.name, 0), configs.get(spec.name, {}))
@@ -182,6 +204,16 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int
         return report
     finally:
         await admin.close()
+
+
+async def _replication_warnings(admin: AIOKafkaAdminClient, names: list[str], replication: int,
+                                brokers: list[int]) -> list[str]:
+    """The replication findings of the named existing topics and of Kafka's internal topics that exist."""
+    replicas = await _replicas(admin, [*names, *INTERNAL_TOPICS])
+    configs = await _configs(admin, list(replicas))
+    return [line for name, partitions in replicas.items()
+            for line in replication_findings(name, partitions, configs.get(name, {}).get("min.insync.replicas"),
+                                             replication, brokers)]
 
 
 def _fmt(configs: Mapping[str, str]) -> str:

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from streams import internals
 from streams.avro import default_codec
 from streams.broker.limits import MAX_MESSAGE_BYTES
+from streams.broker.replication import DURABLE_PRODUCER
 from streams.broker.topics import COMPACTED, TopicConflict, TopicSpec, ensure_topics
 from streams.config import Settings
 
@@ -156,7 +157,8 @@ async def read_ledger(settings: Settings, progress: Progress | None = None) -> d
 async def ensure_ledger(settings: Settings) -> None:
     """Create the ledger topic (compacted, one partition) if it is missing."""
     try:
-        await ensure_topics(settings.kafka_bootstrap, [TopicSpec(ledger_topic(settings), 1, dict(COMPACTED))])
+        await ensure_topics(settings.kafka_bootstrap, [TopicSpec(ledger_topic(settings), 1, dict(COMPACTED))],
+                            settings.kafka_replication)
     except TopicConflict as exc:
         raise DeadLettersError(f"the redrive ledger {ledger_topic(settings)} exists but is not usable ({exc}); "
                                f"it must be compacted (cleanup.policy=compact), or it loses what was redriven") from exc
@@ -169,8 +171,8 @@ class Appender:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                         enable_idempotence=True, request_timeout_ms=REQUEST_TIMEOUT_MS,
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **DURABLE_PRODUCER,
+                                         request_timeout_ms=REQUEST_TIMEOUT_MS,
                                          linger_ms=5, max_request_size=MAX_MESSAGE_BYTES)  # a record ~2x its body
 
     async def __aenter__(self) -> Appender:

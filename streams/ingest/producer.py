@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 
 from streams import internals
 from streams.broker.limits import MAX_MESSAGE_BYTES
+from streams.broker.replication import DURABLE_PRODUCER
 from streams.ingest.failures import OF_THE_RECORD, permanent
 from streams.ingest.metrics import IngestMetrics
 from streams.ingest.spool import Frame, Spool, encode_frame
@@ -103,7 +104,7 @@ class DurableProducer:
     async def _connect(self) -> bool:
         if self.producer is not None:
             return True
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **DURABLE_PRODUCER,
                                     request_timeout_ms=REQUEST_TIMEOUT_MS, linger_ms=2,
                                     max_request_size=MAX_MESSAGE_BYTES)
         try:

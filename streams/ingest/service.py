@@ -186,7 +186,8 @@ async def _provision_until_done(settings: Settings) -> None:
 
     while True:
         try:
-            for line in await ensure_topics(settings.kafka_bootstrap, contract_topics(settings)):
+            for line in await ensure_topics(settings.kafka_bootstrap, contract_topics(settings),
+                                            settings.kafka_replication):
                 (log.warning if line.startswith("warning") else log.info)("topics: %s", line)
             return
         except TopicConflict:

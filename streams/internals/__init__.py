@@ -23,7 +23,7 @@ import hashlib
 import importlib
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +152,9 @@ MEMBERS: tuple[Member, ...] = (
            "aiokafka.producer.producer:AIOKafkaProducer.__init__", "fd6f2966fb3dc883"),
     Member("aiokafka.producer.producer:AIOKafkaProducer._closed", "as _sender: stop() would flush",
            "aiokafka.producer.producer:AIOKafkaProducer.stop", "43ef97147111893b"),
+    Member(f"{AK}:Producer._settings_extra", "faust's aiokafka producer is idempotent only inside a transaction "
+           "(the settings it adds there); the processor's always is, with acks=all (make_durable)",
+           f"{AK}:Producer._settings_extra", "a4c7bc41b6382223"),
     Member("faust.tables.base:Collection.data", "a table's store, whose dict the agent reads and writes directly",
            "faust.tables.base:Collection.data", "ade4a02ddd5582cb"),
     Member("faust.stores.memory:Store.data", "the memory store's dict: the tables' get() and set() add sensors, key "
@@ -207,6 +210,14 @@ def flow_sets(consumer: Any) -> dict[str, Any]:
     """faust's consumer's partition sets by name (diagnostics; "?" for one it no longer has)."""
     return {name.strip("_"): getattr(consumer, name, "?")
             for name in ("_active_partitions", "_paused_partitions", "_buffered_partitions")}
+
+
+def make_durable(producer: Any, settings: Mapping[str, Any]) -> None:
+    """Make faust's aiokafka producer send with ``settings`` (idempotence, ``acks=all``) outside transactions
+    too: faust adds its idempotence only inside one, so a send retried after a leader's loss could be written
+    twice."""
+    extra = producer._settings_extra
+    producer._settings_extra = lambda: {**extra(), **settings}
 
 
 def flush_and_client(producer: Any) -> tuple[Callable[[], Awaitable[None]], Callable[[], Any]]:

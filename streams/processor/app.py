@@ -68,13 +68,16 @@ from faust.types import TP, Message
 from streams import dead_letters, internals
 from streams.avro import default_codec
 from streams.broker.limits import MAX_MESSAGE_BYTES
+from streams.broker.replication import DURABLE_PRODUCER
+from streams.broker.topics import COMPACTED, TopicSpec
 from streams.config import Settings
 from streams.processor import rules
 from streams.processor.gaps import Continuity, LogReader
 from streams.internals import lean_consumer
 from streams.processor.inbox import Inbox
 from streams.processor.metrics import ProcessorMetrics
-from streams.processor.names import app_id, command_topic, published_alerts_topic
+from streams.processor.names import app_id, changelog_topic, command_topic, internal_topics, \
+    published_alerts_topic  # noqa: F401
 from streams.processor.output import Output
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
@@ -178,6 +181,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
     # the index is rebuilt from the tables after every rebalance (tables restored from changelogs)
     reindex = {"needed": True, "generation": 0}
 
+    internals.make_durable(app.producer, DURABLE_PRODUCER)
     output = Output.install(app)
     # the memory stores' dicts, read and written directly: the tables' own get() and set() add sensors, key
     # lookups and a changelog send per call (faust's memory store keeps one dict for good). Taken at first

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
+from streams.broker.topics import COMPACTED, TopicSpec
 from streams.config import Settings
+from streams.processor import rules
 
 
 def app_id(settings: Settings) -> str:
@@ -25,3 +27,18 @@ def published_alerts_topic(settings: Settings) -> str:
 def command_topic(settings: Settings) -> str:
     """The SLA watch's commands to the owning agent (internal; same partitions and keys as the log)."""
     return f"{app_id(settings)}-commands"
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog faust keeps ``table`` in (faust's naming: ``<app id>-<table>-changelog``)."""
+    return f"{app_id(settings)}-{table}-changelog"
+
+
+def internal_topics(settings: Settings) -> list[TopicSpec]:
+    """The processor's own topics, provisioned beside the contract's (so with its replication and
+    ``min.insync.replicas``, not faust's default of one replica): the command topic and the tables' compacted
+    changelogs, each with the log's partition count (a table's partition is its source's)."""
+    commands = TopicSpec(command_topic(settings), settings.partitions,
+                         {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)}, partitions_must_match=True)
+    return [commands, *(TopicSpec(changelog_topic(settings, t), settings.partitions, dict(COMPACTED),
+                                  partitions_must_match=True) for t in rules.TABLES)]

@@ -112,7 +112,7 @@ async def reset(settings: Settings, processor_group: str, rebuild_sink_group: st
                                                    dict(KEPT_FOREVER))]
     while True:  # a just-deleted topic may refuse re-creation for a moment
         try:
-            await ensure_topics(settings.kafka_bootstrap, specs)
+            await ensure_topics(settings.kafka_bootstrap, specs, settings.kafka_replication)
             return
         except Exception as exc:  # noqa: BLE001
             if time.monotonic() > deadline:

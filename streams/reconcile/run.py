@@ -141,8 +141,10 @@ class FindingProducer:
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
-                                    enable_idempotence=True, client_id="enx-streams-reconciler")
+        from streams.broker.replication import DURABLE_PRODUCER
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, **DURABLE_PRODUCER,
+                                    client_id="enx-streams-reconciler")
         try:
             await producer.start()
         except Exception as exc:
@@ -171,7 +173,7 @@ class FindingProducer:
 async def _provision(settings: Settings) -> None:
     from streams.broker.topics import contract_topics, ensure_topics
 
-    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings), settings.kafka_replication)
 
 
 async def run_once(settings: Settings, *, since: dt.date | None = None, until: dt.date | None = None,

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,8 +37,10 @@ def body(i: int) -> bytes:
 class Load:
     """Posts numbered bodies at a steady rate from several clients; remembers every answer."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, make_body: Callable[[int], bytes] = body, rate_per_s: int = RATE_PER_S) -> None:
         self.url = url
+        self.make_body = make_body
+        self.rate_per_s = rate_per_s
         self.next = 0
         self.lock = threading.Lock()
         self.accepted: list[str] = []
@@ -45,7 +48,7 @@ class Load:
         self.slowest_s = 0.0
 
     def _post(self, i: int) -> None:
-        request = urllib.request.Request(self.url, data=body(i), method="POST",
+        request = urllib.request.Request(self.url, data=self.make_body(i), method="POST",
                                          headers={"Content-Type": "application/json"})
         started = time.monotonic()
         try:
@@ -63,12 +66,13 @@ class Load:
             else:
                 self.failures.append((status, answer.get("error", "")))
 
-    def run(self, seconds: float, pool: ThreadPoolExecutor) -> None:
+    def run(self, seconds: float, pool: ThreadPoolExecutor, until: threading.Event | None = None) -> None:
+        """Post for ``seconds``, or until ``until`` is set; then wait for every answer."""
         end = time.monotonic() + seconds
         futures = []
-        while time.monotonic() < end:
+        while time.monotonic() < end and not (until and until.is_set()):
             tick = time.monotonic()
-            for _ in range(RATE_PER_S // 10):
+            for _ in range(self.rate_per_s // 10):
                 with self.lock:
                     i, self.next = self.next, self.next + 1
                 futures.append(pool.submit(self._post, i))

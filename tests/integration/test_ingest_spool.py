@@ -75,12 +75,12 @@ def event_ids_in_log(bootstrap: str, topic: str, expect: int, timeout_s: float =
 
 
 class Ingest:
-    def __init__(self, tmp: Path, bootstrap: str) -> None:
+    def __init__(self, tmp: Path, bootstrap: str, prefix: str | None = None, partitions: int = 2) -> None:
         self.port = free_port()
-        self.prefix = f"s{uuid.uuid4().hex[:8]}."
+        self.prefix = prefix or f"s{uuid.uuid4().hex[:8]}."
         self.log = tmp / "ingest.log"
         self.env = dict(os.environ, ENX_DATA_DIR=str(tmp / "ingest"), ENX_KAFKA_BOOTSTRAP=bootstrap,
-                        ENX_INGEST_PORT=str(self.port), ENX_INGEST_HOST="127.0.0.1", ENX_PARTITIONS="2",
+                        ENX_INGEST_PORT=str(self.port), ENX_INGEST_HOST="127.0.0.1", ENX_PARTITIONS=str(partitions),
                         ENX_TOPIC_PREFIX=self.prefix)
         self.proc: subprocess.Popen | None = None
 

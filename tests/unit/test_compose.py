@@ -102,3 +102,59 @@ def test_grafana_reads_the_prometheus_service() -> None:
     assert source["url"] == f"http://prometheus:{host_port}" and source["uid"] == "enx-prometheus"
     assert "prometheus" in SERVICES["grafana"]["depends_on"]
     assert "prometheus-data" in COMPOSE["volumes"]
+
+
+def interpolated(value: object, env: dict[str, str]) -> str:
+    """``${NAME:-default}`` as Compose interpolates it, from ``env``."""
+    return re.sub(r"\$\{([A-Z_]+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), str(value))
+
+
+def cluster_env() -> dict[str, str]:
+    lines = (ROOT / "cluster.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+KAFKA_NODES = ("kafka", "kafka-2", "kafka-3")
+
+
+def test_the_cluster_profile_runs_three_brokers_of_the_pinned_image() -> None:
+    assert cluster_env()["COMPOSE_PROFILES"] == "cluster"
+    for name in KAFKA_NODES:
+        assert SERVICES[name]["image"] == f"apache/kafka:{pinned_kafka_version()}"
+        assert SERVICES[name]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert SERVICES[name]["hostname"] == name
+    assert "profiles" not in SERVICES["kafka"]  # the single broker runs without the profile
+    assert SERVICES["kafka-2"]["profiles"] == SERVICES["kafka-3"]["profiles"] == ["cluster"]
+    volumes = [SERVICES[name]["volumes"][0].split(":")[0] for name in KAFKA_NODES]
+    assert len(set(volumes)) == 3 and set(volumes) <= set(COMPOSE["volumes"])  # each its own storage
+
+
+def test_the_cluster_profile_is_one_quorum_of_three_with_the_replication_rules() -> None:
+    from streams.broker.replication import internal_topic_configs, replication_for
+
+    env = cluster_env()
+    nodes = {name: {k: interpolated(v, env) for k, v in SERVICES[name]["environment"].items()} for name in KAFKA_NODES}
+    voters = {f"{n['KAFKA_NODE_ID']}@{name}:9093" for name, n in nodes.items()}
+    assert all(set(n["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters for n in nodes.values())
+    assert len({n["KAFKA_NODE_ID"] for n in nodes.values()}) == 3 and len({n["CLUSTER_ID"] for n in nodes.values()}) == 1
+    assert all(n["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092" for name, n in nodes.items())
+    wanted = internal_topic_configs(replication_for(3))
+    for n in nodes.values():
+        for key, value in wanted.items():
+            assert n[f"KAFKA_{key.upper().replace('.', '_')}"] == value, key
+    for role in ("ingest", "worker", "migrate"):
+        role_env = {k: interpolated(v, env) for k, v in SERVICES[role]["environment"].items()}
+        assert set(role_env["ENX_KAFKA_BOOTSTRAP"].split(",")) == {f"{name}:9092" for name in KAFKA_NODES}
+        assert role_env["ENX_KAFKA_REPLICATION"] == "3"
+    for role in ("ingest", "worker", "reconciler"):
+        waits = SERVICES[role]["depends_on"]
+        assert waits["kafka"]["condition"] == "service_healthy"
+        assert all(waits[n] == {"condition": "service_healthy", "required": False} for n in KAFKA_NODES[1:])
+
+
+def test_without_the_profile_one_broker_with_one_replica() -> None:
+    node = {k: interpolated(v, {}) for k, v in SERVICES["kafka"]["environment"].items()}
+    assert node["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093" and node["KAFKA_NODE_ID"] == "1"
+    assert node["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1" and node["KAFKA_MIN_INSYNC_REPLICAS"] == "1"
+    role_env = {k: interpolated(v, {}) for k, v in SERVICES["worker"]["environment"].items()}
+    assert role_env["ENX_KAFKA_BOOTSTRAP"] == "kafka:9092" and role_env["ENX_KAFKA_REPLICATION"] == ""

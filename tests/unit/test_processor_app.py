@@ -40,3 +40,17 @@ def test_the_changelogs_the_agent_writes_are_what_faust_restores(tmp_path: Path,
         assert serializers.loads_value(table.value_type, orjson.dumps(part), serializer=table.value_serializer) == part
         key_back = serializers.loads_key(table.key_type, orjson.dumps("app/c1"), serializer=table.key_serializer)
         assert key_back == "app/c1"
+
+
+def test_the_changelogs_provisioned_are_the_ones_faust_uses(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """The worker provisions the tables' changelogs (with the deployment's replication) before faust starts;
+    faust then finds them and creates none of its own (with its default of one replica)."""
+    from streams.processor.app import command_topic, internal_topics
+
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", partitions=4)
+    app = create_app(settings)
+    faust_uses = {app.conf.enx_parts["tables"][t].changelog_topic.get_topic_name() for t in rules.TABLES}
+    specs = internal_topics(settings)
+    assert {s.name for s in specs} == faust_uses | {command_topic(settings)}
+    assert all(s.partitions == 4 and s.partitions_must_match for s in specs)
+    assert all(s.configs == {"cleanup.policy": "compact"} for s in specs if s.name in faust_uses)
