@@ -167,6 +167,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reconcile_interval_s", _positive_float, "seconds between two reconciliation passes of the worker"),
     Setting("reconcile_grace_s", _positive_float, "seconds a webhook may still be in flight before the "
             "reconciler reports it missing"),
+    Setting("ingest_lease_s", _positive_float, "seconds the SLA watch waits for a silent ingest instance "
+            "(spooling, or gone without leaving) before judging without it"),
 )
 
 SETTINGS_BY_FIELD: dict[str, Setting] = {s.field: s for s in SETTINGS}
@@ -199,6 +201,7 @@ class Settings:
     enablex_api_url: str = "https://api.enablex.io/video/v2/"
     reconcile_interval_s: float = 300.0
     reconcile_grace_s: float = 600.0
+    ingest_lease_s: float = 60.0
 
     # -- derived values -------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ lists as URL strings, as ``{"url": ...}`` objects or as a single URL string, und
 ``transcoded``, ``chatdata`` and ``files``; ``stage`` and ``file_size`` as strings or numbers;
 ``trans_date`` as Unix seconds or milliseconds (number or numeric string), as ``YYYY-MM-DD HH:MM:SS`` or
 as ISO 8601, all UTC. Unknown fields stay in the raw body, an unknown ``type`` is kept with its type
-string. A body that is not JSON (the seeds' typographic quotes included) is rejected, never repaired; so
+string, except a type starting with ``_`` (reserved for the pipeline's own records on the log, its
+watermarks: streams/watermark.py), which is rejected (``reserved_type``). A body that is not JSON (the seeds' typographic quotes included) is rejected, never repaired; so
 is one that escapes a lone UTF-16 surrogate (valid JSON, but no text: it could not be stored).
 """
 
@@ -16,6 +17,8 @@ import hashlib
 import json
 import math
 from typing import Any
+
+from streams.watermark import RESERVED_PREFIX
 
 SESSION_TYPES = frozenset({"roomdrop", "recording", "transcoded", "file-transfer", "chatdata"})
 FILE_KEYS = ("recording", "transcoded", "chatdata", "files")
@@ -214,6 +217,9 @@ def normalise(body: bytes, received_at_ms: int, source: str | None = None,
     ``allowed_app_ids`` (None: all) rejects other projects' posts with the code ``app_id_not_allowed``."""
     payload = parse_body(body)
     event_type = _text(payload, "type", required=True)
+    if event_type.startswith(RESERVED_PREFIX):
+        raise Rejection("reserved_type", f"type {event_type!r}: types starting with {RESERVED_PREFIX!r} are the "
+                                         f"pipeline's own records on the log (its watermarks), never a webhook")
     app_id = _text(payload, "app_id", required=True)
     check_app_id(app_id, allowed_app_ids)
     conf_num = _text(payload, "conf_num", required=event_type in SESSION_TYPES)

@@ -27,6 +27,9 @@ class IngestMetrics:
                                   registry=self.registry)
         self.kafka_up = Gauge("enx_ingest_kafka_up", "1 while Kafka acknowledges ingest's records directly, else 0",
                               registry=self.registry)
+        self.watermark = Gauge("enx_ingest_watermark_seconds",
+                               "The last watermark written to the log (Unix s): every webhook received before it "
+                               "is in the log; it stands still while the spool holds records", registry=self.registry)
         self.durable_by = Counter("enx_ingest_durable_total", "Records made durable, by where", ["where"],
                                   registry=self.registry)
         self.quarantined = Counter("enx_ingest_spool_quarantined_total",

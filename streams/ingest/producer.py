@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -163,6 +163,32 @@ class DurableProducer:
         finally:
             self.metrics.produce_latency.observe(time.perf_counter() - started)
 
+    def direct(self) -> bool:
+        """Whether a record would go to Kafka directly now (Kafka acknowledges, nothing waits in the spool)."""
+        return self.kafka_ok and self.producer is not None and self.spool.pending_bytes() == 0
+
+    async def send_to_every_partition(self, topic: str, value_of: Callable[[int], bytes]) -> bool:
+        """Send ``value_of(partition)`` (no key) to every partition of ``topic`` and await the acknowledgements;
+        False, with nothing spooled, when Kafka did not acknowledge them all (the watermarks: written only
+        while ingest delivers directly, never spooled, streams/ingest/watermark.py)."""
+        producer = self.producer
+        if producer is None:
+            return False
+        futures: list[asyncio.Future] = []
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                partitions = sorted(await producer.partitions_for(topic))
+                for p in partitions:
+                    futures.append(await producer.send(topic, value_of(p), partition=p))
+                for future in futures:
+                    await asyncio.shield(future)
+            return bool(partitions)
+        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            log.info("a watermark was not acknowledged (%r); the next one carries on", exc)
+            for future in futures:
+                future.add_done_callback(_retrieve)
+            return False
+
     def spool_has_room(self, nbytes: int = 64 * 1024) -> bool:
         """Whether the spool can take a record of ``nbytes`` (by default: a typical webhook's, for /readyz)."""
         return self.spool.writable() and self.spool.room_for(nbytes, self.spool_max_bytes, self.spool_min_free_bytes)
@@ -253,8 +279,10 @@ class DurableProducer:
                 log.exception("spool replay failed; retrying")
             await asyncio.sleep(RETRY_S)  # retry interval while Kafka is away
 
-    async def flush(self, timeout_s: float = 10.0) -> None:
-        """On shutdown: try to hand the spool to Kafka; what is left stays fsynced for the next start."""
+    async def flush(self, timeout_s: float = 10.0,
+                    last_words: Callable[[], Awaitable[object]] | None = None) -> None:
+        """On shutdown: try to hand the spool to Kafka; what is left stays fsynced for the next start.
+        ``last_words`` runs after that, before the producer stops (the leaving watermark)."""
         self._closing = True
         if self._replayer is not None:
             self._replayer.cancel()
@@ -263,6 +291,11 @@ class DurableProducer:
                 await asyncio.wait_for(self._replay_once(), timeout=timeout_s)
             except Exception:  # noqa: BLE001
                 log.info("%d spooled bytes wait for the next start", self.spool.pending_bytes())
+        if last_words is not None:
+            try:
+                await asyncio.wait_for(last_words(), timeout=timeout_s)
+            except Exception:  # noqa: BLE001 - best effort: without it the watch waits out the instance's lease
+                log.info("the leaving watermark was not written")
         if self.producer is not None:
             try:
                 await asyncio.wait_for(self.producer.stop(), timeout=timeout_s)

@@ -32,6 +32,7 @@ from streams.ingest.auth import (REALM, Credentials, authorised, is_loopback, ke
 from streams.ingest.metrics import IngestMetrics
 from streams.ingest.producer import DurableProducer, RecordRefused, SpoolFull
 from streams.ingest.spool import Frame
+from streams.ingest.watermark import InFlight, WatermarkWriter, instance_id
 
 log = logging.getLogger("streams.ingest")
 CHUNK = 64 * 1024
@@ -42,6 +43,8 @@ SETTINGS = web.AppKey("settings", Settings)
 CREDENTIALS = web.AppKey("credentials", Credentials)
 TRUSTED = web.AppKey("trusted_proxies", tuple)
 ALLOWED = web.AppKey("allowed_app_ids", object)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+WATERMARKS = web.AppKey("watermarks", WatermarkWriter)
 
 
 class TooLarge(Exception):
@@ -96,7 +99,12 @@ async def webhook(request: web.Request) -> web.Response:
     key = session_key(event).encode()
     if not limits.fits(key, value):
         return too_large_record(metrics, limits.record_bytes(key, value))
-    refused = await deliver(producer, metrics, settings.topic("webhooks"), key, value)
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.open(received_at)  # no await since received_at: no watermark can have passed it (watermark.py)
+    try:
+        refused = await deliver(producer, metrics, settings.topic("webhooks"), key, value)
+    finally:
+        in_flight.close(received_at)
     if refused is not None:
         return refused
     metrics.accepted.labels(metrics.type_label(event["type"])).inc()
@@ -217,6 +225,10 @@ def create_app(settings: Settings) -> web.Application:
                                     dead_letter=quarantine_letter, dead_letter_topic=settings.topic("deadletter"),
                                     spool_max_bytes=settings.spool_max_bytes,
                                     spool_min_free_bytes=settings.spool_min_free_bytes)
+    app[IN_FLIGHT] = InFlight()
+    app[WATERMARKS] = WatermarkWriter(app[PRODUCER], settings.topic("webhooks"),
+                                      instance_id(settings.data_dir / "spool"), app[IN_FLIGHT],
+                                      on_written=lambda at: app[METRICS].watermark.set(at / 1000))
     app.router.add_post("/webhooks/enablex", webhook)
     app.router.add_post("/webhooks/enablex/{token}", webhook)
     app.router.add_get("/healthz", healthz)
@@ -230,9 +242,11 @@ def create_app(settings: Settings) -> web.Application:
         # otherwise hold every request up for tens of ms at a time (bench/README.md, ingest p99)
         gc.collect()
         gc.freeze()
+        watermarks = asyncio.create_task(app[WATERMARKS].run())
         yield
         provisioning.cancel()
-        await app[PRODUCER].flush()
+        watermarks.cancel()
+        await app[PRODUCER].flush(last_words=app[WATERMARKS].leave)
 
     app.cleanup_ctx.append(lifecycle)
     return app

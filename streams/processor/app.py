@@ -65,7 +65,7 @@ import faust
 import orjson
 from faust.types import TP, Message
 
-from streams import dead_letters, internals
+from streams import dead_letters, internals, watermark
 from streams.avro import default_codec
 from streams.broker.limits import MAX_MESSAGE_BYTES
 from streams.broker.replication import DURABLE_PRODUCER
@@ -79,6 +79,7 @@ from streams.processor.metrics import ProcessorMetrics
 from streams.processor.names import app_id, changelog_topic, command_topic, internal_topics, \
     published_alerts_topic  # noqa: F401
 from streams.processor.output import Output
+from streams.processor.reach import BrokerProbe
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
 from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
@@ -175,7 +176,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
                               help=f"session parts: {name}") for name in rules.TABLES}
     if any((t.key_serializer, t.value_serializer) != ("json", "json") for t in tables.values()):
         raise RuntimeError("the processor's tables must have JSON changelogs: write() encodes them with orjson")
-    clocks = PartitionClock(clock)
+    clocks = PartitionClock(clock, settings.ingest_lease_s)
+    probe = BrokerProbe(settings.kafka_bootstrap, log_topic)
     resend = Resend(clock)
     index = DueIndex()
     # the index is rebuilt from the tables after every rebalance (tables restored from changelogs)
@@ -297,17 +299,27 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
             clocks.saw(partition, None, offset)
             return
         clocks.saw(partition, record["received_at"], offset)
+        if watermark.is_mark(record):
+            mark_of(partition, offset, record)
+            return
         if not key or record.get("conf_num") is None:
             return  # not a session event: kept in the log and ClickHouse, no session state
         try:
             name = key.decode()
-            change = rules.on_event(parts_of(name), record, sla_s)
+            change = rules.on_event(parts_of(name), record, sla_s, now_ms=clocks.bound(partition))
             alerts = rendered(change)
         except Exception as exc:  # noqa: BLE001 - pure (the record, its session's state): fails in any worker
             await reject(TP(log_topic, partition), offset, key, (record.get("raw") or "").encode("utf-8", "replace"),
                          exc, "It stays in the log: once the cause is fixed, `enx-streams rebuild` processes it again")
         rejects.passed()
         apply(name, key, partition, change, alerts)
+
+    def mark_of(partition: int, offset: int, record: dict) -> None:
+        """An ingest instance's watermark: the partition's clock, never a session event (watermarks.py)."""
+        try:
+            clocks.marked(partition, watermark.parse(record))  # type: ignore[arg-type]
+        except ValueError as exc:
+            log.warning("%s[%d] offset %d: %s; it does not move the SLA watch", log_topic, partition, offset, exc)
 
     async def fill(tp: TP, holes: range) -> None:
         """Process the records faust never delivered (gaps.py), then let its commit pass them."""
@@ -476,6 +488,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
     @app.on_before_shutdown.connect
     async def close_reader(_app: faust.App, **_kwargs: Any) -> None:
         await reader.close()
+        await probe.close()
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
@@ -577,6 +590,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
             return
         started = time.monotonic()
         await check_progress(assigned)
+        clocks.tick(await probe.answers())  # the lease of a silent ingest instance runs only while it answers
         if reindex["needed"] and not await rebuild_index(assigned):
             return
         resend.prune()

@@ -347,14 +347,22 @@ def alerts_for(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
     return out
 
 
-def stall_due_before(before: Mapping[str, Any] | None, event: Event) -> int | None:
+def judged_at(event: Event, bound_ms: int | None = None) -> int:
+    """When a webhook proves time has come: its receive time, held back to the partition's watermark bound
+    (watermarks.py: another ingest instance may still hold records received earlier)."""
+    received: int = event["received_at"]
+    return received if bound_ms is None else min(received, bound_ms)
+
+
+def stall_due_before(before: Mapping[str, Any] | None, event: Event, bound_ms: int | None = None) -> int | None:
     """The deadline a webhook proves breached before it is merged, or None.
 
     The log's own clock: a record received after the deadline proves the deadline passed without a
     composite before it (the live watch saw it pass: judging by the deadline known before the record is
     what makes a replay equal the live run), unless the record is itself that composite, on time (its
-    ``trans_date`` at or before the deadline: the session is ``met``, however late it was delivered)."""
-    if before is None or not stall_due(before, event["received_at"]):
+    ``trans_date`` at or before the deadline: the session is ``met``, however late it was delivered).
+    ``bound_ms``: the watermarks' bound on the partition's "now" at this record (:func:`judged_at`)."""
+    if before is None or not stall_due(before, judged_at(event, bound_ms)):
         return None
     deadline: int = before["sla_deadline"]
     if event["type"] == "transcoded" and event_time(event) <= deadline:
@@ -362,12 +370,13 @@ def stall_due_before(before: Mapping[str, Any] | None, event: Event) -> int | No
     return deadline
 
 
-def step(state: State | None, event: Event, sla_seconds: float) -> tuple[State, list[Alert]]:
+def step(state: State | None, event: Event, sla_seconds: float,
+         bound_ms: int | None = None) -> tuple[State, list[Alert]]:
     """What the processor does with one webhook of the session: first judge the stall at the event's
-    receive time (:func:`stall_due_before`), then merge. The new state and the alerts of the transition,
-    raised at the event's receive time."""
-    current, alerts, now = state, [], event["received_at"]
-    deadline = stall_due_before(state, event)
+    receive time (:func:`stall_due_before`, held back to the watermarks' ``bound_ms``), then merge. The new
+    state and the alerts of the transition, raised at that time."""
+    current, alerts, now = state, [], judged_at(event, bound_ms)
+    deadline = stall_due_before(state, event, bound_ms)
     if state is not None and deadline is not None:
         current = derive({**base_of(state), "stalled_at": deadline}, sla_seconds)
         alerts = alerts_for(state, current, now)  # as the watch would have raised it just before this event
@@ -416,9 +425,10 @@ class Transition:
 
 
 def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float, *,
-             table: str | None = None) -> Transition:
+             table: str | None = None, now_ms: int | None = None) -> Transition:
     """A webhook of the session (or, with ``table=RECONCILED_TABLE``, a finding: :func:`on_finding`):
-    :func:`step`, on the session's parts.
+    :func:`step`, on the session's parts; ``now_ms`` is the watermarks' bound on the partition's "now" at
+    this record (None: the log has none), which holds the stall a late record proves back (:func:`judged_at`).
 
     The parts are combined once, into the state before. The state after is that state with the event
     absorbed: event ids never overlap across tables, so absorbing into the whole equals absorbing into
@@ -427,8 +437,8 @@ def on_event(parts: Mapping[str, Base | None], event: Event, sla_seconds: float,
     base = session_base(parts)
     before = None if base is None else derive(base, sla_seconds)
     writes: dict[str, Base | None] = {}
-    stalled, alerts, now = before, [], event["received_at"]
-    deadline = stall_due_before(before, event)
+    stalled, alerts, now = before, [], judged_at(event, now_ms)
+    deadline = stall_due_before(before, event, now_ms)
     if before is not None and deadline is not None:
         writes[STALL_TABLE] = _stalled_part(parts.get(STALL_TABLE), before, deadline)
         base = {**base, "stalled_at": deadline}  # type: ignore[dict-item]

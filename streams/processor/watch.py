@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from aiokafka.partitioner import murmur2
 
-from streams.processor import rules
+from streams.processor import rules, watermarks
+from streams.watermark import Mark
 
 RESEND_S = 10.0  # a command not applied by then (lost in a rebalance) is sent again; repeats are harmless
 
@@ -41,12 +42,32 @@ def partition_of(key: str, partitions: int) -> int:
 
 
 class PartitionClock:
-    """Per partition: the newest receive time this worker processed and the next offset to process."""
+    """Per partition: the newest receive time this worker processed, the next offset to process, and the
+    ingest instances' watermarks it processed (watermarks.py), which bound the partition's "now"."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], lease_s: float = 60.0) -> None:
         self.clock = clock
+        self.lease_ms = int(lease_s * 1000)
+        self.connected = watermarks.ConnectedTime(clock)
         self._log_ms: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
+        self._held: dict[int, dict[str, watermarks.Held]] = {}
+
+    def marked(self, partition: int, mark: Mark) -> None:
+        """An ingest instance's watermark was processed on ``partition`` (after :meth:`saw` of its record)."""
+        held = self._held.setdefault(partition, {})
+        held[mark.instance] = watermarks.hold(held.get(mark.instance), mark, self.connected.total)
+
+    def tick(self, broker_answered: bool) -> None:
+        """Once a sweep: whether the broker answered this worker since the last (the lease's clock)."""
+        self.connected.tick(broker_answered)
+
+    def bound(self, partition: int, caught_up: bool = False) -> int | None:
+        """The watermarks' bound on ``partition``'s "now" (None: none holds it; watermarks.bound)."""
+        held = self._held.get(partition)
+        if not held:
+            return None
+        return watermarks.bound(held, self.lease_ms, self.connected.total if caught_up else None)
 
     def saw(self, partition: int, received_at_ms: int | None, offset: int) -> None:
         """A webhook record of ``partition`` at ``offset`` was processed (``None``: it had no usable time)."""
@@ -63,6 +84,7 @@ class PartitionClock:
         for partition in partitions:
             self._log_ms.pop(partition, None)
             self._next_offset.pop(partition, None)
+            self._held.pop(partition, None)
 
     def now_ms(self, partition: int, highwater: int | None, committed: int | None = None) -> int | None:
         """The partition's "now" in Unix ms, or None when it cannot be known yet.
@@ -75,8 +97,9 @@ class PartitionClock:
         log_ms = self._log_ms.get(partition)
         if highwater is not None and position >= highwater:
             wall = int(self.clock() * 1000)
-            return wall if log_ms is None else max(wall, log_ms)  # never back behind the log's own time
-        return log_ms
+            own = wall if log_ms is None else max(wall, log_ms)  # never back behind the log's own time
+            return watermarks.bounded(own, self.bound(partition, caught_up=True))
+        return watermarks.bounded(log_ms, self.bound(partition))
 
 
 class Resend:

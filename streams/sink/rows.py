@@ -16,6 +16,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from streams import watermark
+
 Row = dict[str, Any]
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -235,6 +237,8 @@ def project(topic_kind: str, record_name: str, record: Mapping[str, Any]) -> dic
     if record_name != expected:
         raise UnprojectableRecord(f"a {record_name} record on the {topic_kind} topic, which carries {expected}")
     if topic_kind == "webhooks":
+        if watermark.is_mark(record):
+            return {}  # ingest's watermark (streams/watermark.py): the log's clock, not a webhook
         event_row, file_rows = webhook_event_rows(record)
         return {"webhook_events": [event_row], "session_files": file_rows} if file_rows \
             else {"webhook_events": [event_row]}
