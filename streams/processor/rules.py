@@ -33,7 +33,10 @@ The stall
     write the same state and the same alert (its ``detected_at`` aside: when it was raised). Two places decide a stall, both with the log's own notion of
     "now": a webhook of the session received at or after its deadline (:func:`step`: nothing came before
     it, or the composite would be merged already) and the SLA watch (watch.py: the log's time while the
-    consumer is behind, the wall clock once it has caught up).
+    consumer is behind, the wall clock once it has caught up). Both are held back to the ingest
+    instances' watermarks on the partition (processor/watermarks.py: "every webhook this instance received
+    before T is in the log"; none is written while an instance spools), so a composite waiting in an
+    ingest spool is never judged missing; a replay reads the same watermarks at the same offsets.
 
 Alerts (:func:`alerts_for`) come from transitions, each at most once per session, with ``detected_at`` the
 "now" that raised them (the receive time of the webhook that proved it, or the watch's "now": the wall clock

@@ -15,7 +15,14 @@ workers during a rebalance, a resend) changes nothing the second time: one alert
   behind, so a replay at full speed (a rebuild, a new consumer group, a worker catching up after a restart)
   judges each session where the live run did: a composite received before the deadline is always merged
   before the log's time passes the deadline;
-- unknown (judge nothing yet) while it is behind and has processed nothing of the partition.
+- unknown (judge nothing yet) while it is behind and has processed nothing of the partition;
+and in every case held back to the ingest instances' watermarks on the partition (watermarks.py, the record
+streams/watermark.py): never past the oldest watermark of the instances that may still hold webhooks back
+(one spooling while Kafka is away from it, for up to ``ENX_INGEST_LEASE_S``), so no session is stalled for
+want of a composite waiting in ingest's spool. A worker caught up with its partition reads about the same
+watermarks as a replay at the same offsets, so the two judge alike; a partition with no watermark (a log
+from before them) keeps the clock above. The lease of a silent instance runs in connected time, measured
+once a sweep by asking the broker (reach.py): a broker outage never counts toward it.
 What a worker knew of a partition is forgotten when the partition is revoked.
 
 A sweep does not look at every session: :class:`DueIndex` keeps, per partition, when each session next
