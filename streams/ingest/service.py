@@ -10,6 +10,8 @@ for a body whose record (raw body plus parsed fields) would not fit the log (str
 500 when Kafka refuses a record for good (authorisation, an invalid topic: nothing is stored); 503 with
 ``Retry-After`` when Kafka is unreachable and the spool is full (nothing is stored).
 ``/healthz``, ``/readyz``, ``/metrics``. No access log: the token is part of the path.
+While it delivers directly, ingest writes its watermarks to the log (streams/ingest/watermark.py): the time
+of every webhook still being made durable is held in ``IN_FLIGHT`` so that no watermark passes it.
 """
 
 from __future__ import annotations
