@@ -99,6 +99,9 @@ INBOX_RECORDS = 20_000
 YIELD_EVERY = 200  # events handled between two turns of the event loop (the sender, the watch, the fetcher)
 HELD_POLL_S = 0.05  # with events held during a restore, how often the agent looks whether it has ended
 REINDEX_CHUNK = 1000  # sessions indexed between two yields to the event loop after a rebalance
+# Records read back before a partition's committed offset after a rebalance, for the ingest instances' latest
+# watermarks (about one per instance and second): what a worker taking the partition over knew nothing of.
+MARKS_TAIL = 5000
 
 
 class StaleEvent(Exception):
@@ -527,10 +530,38 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
         reindex["needed"] = True
         drop_local()
 
+    async def recall_marks(assigned: set[int]) -> None:
+        """The ingest instances' latest watermarks of the partitions taken over (watermarks.py), read back from
+        just before the group's committed offset: without them a worker caught up with a partition would judge
+        by the wall clock while an ingest instance spools. Read by the watch before it judges anything."""
+        for p in sorted(assigned):
+            end = committed(p)
+            if clocks.knows_marks(p) or not end:
+                continue
+            try:
+                records = await reader.read(p, range(max(0, end - MARKS_TAIL), end), timeout_s=10.0)
+            except Exception as exc:  # noqa: BLE001 - the partition is judged without them (its next watermark)
+                log.warning("%s[%d]: the watermarks before offset %d could not be read back (%r); until the next "
+                            "one the SLA watch judges the partition by its own clock", log_topic, p, end, exc)
+                continue
+            recalled = 0
+            for r in records:
+                try:
+                    record = codec.decode(r.value)
+                except Exception:  # noqa: BLE001 - the agent dead-letters nothing here: it has processed it
+                    continue
+                if watermark.is_mark(record):
+                    mark_of(p, r.offset, record)
+                    recalled += 1
+            if recalled:
+                log.info("SLA watch: %d watermarks of %s[%d] read back before offset %d; bound %s", recalled,
+                         log_topic, p, end, clocks.bound(p))
+
     async def rebuild_index(assigned: set[int]) -> bool:
         """Index every session of the assigned partitions from the tables; False if a rebalance came."""
         generation = reindex["generation"]
         reindex["needed"] = False
+        await recall_marks(assigned)
         names = list({name for table in tables.values() for name in list(table.keys())})
         for start in range(0, len(names), REINDEX_CHUNK):
             for name in names[start:start + REINDEX_CHUNK]:

@@ -65,6 +65,10 @@ class PartitionClock:
         held = self._held.setdefault(partition, {})
         held[mark.instance] = watermarks.hold(held.get(mark.instance), mark, self.connected.total)
 
+    def knows_marks(self, partition: int) -> bool:
+        """Whether this worker holds any ingest instance's watermark of ``partition``."""
+        return bool(self._held.get(partition))
+
     def tick(self, broker_answered: bool) -> None:
         """Once a sweep: whether the broker answered this worker since the last (the lease's clock)."""
         self.connected.tick(broker_answered)
