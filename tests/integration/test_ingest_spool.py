@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import watermark
 from streams.avro import default_codec
@@ -76,6 +76,38 @@ def event_ids_in_log(bootstrap: str, topic: str, expect: int, timeout_s: float =
     return asyncio.run(run())
 
 
+def marks_hold(bootstrap: str, topic: str, partitions: int = 2) -> int:
+    """Every watermark of the log holds: no webhook after it in its partition was received before its time (a
+    webhook received earlier is in the partition before it). Returns the newest watermark's time (0: none)."""
+    async def run() -> list:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]  # Ingest's ENX_PARTITIONS
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            got: list = []
+            deadline = time.monotonic() + 30
+            while len(got) < sum(ends.values()) and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    got += [r for r in records if r.offset < ends[TopicPartition(topic, r.partition)]]
+            return got
+        finally:
+            await consumer.stop()
+
+    newest_mark: dict[int, int] = {}
+    for r in sorted(asyncio.run(run()), key=lambda r: (r.partition, r.offset)):
+        event = default_codec().decode(r.value)
+        if watermark.is_mark(event):
+            newest_mark[r.partition] = max(newest_mark.get(r.partition, 0), event["received_at"])
+        else:
+            assert event["received_at"] >= newest_mark.get(r.partition, 0), \
+                f"{r.partition}/{r.offset} received at {event['received_at']}, after a watermark of " \
+                f"{newest_mark[r.partition]}"
+    return max(newest_mark.values(), default=0)
+
+
 class Ingest:
     def __init__(self, tmp: Path, bootstrap: str, prefix: str | None = None, partitions: int = 2) -> None:
         self.port = free_port()
@@ -121,12 +153,16 @@ def test_broker_down_then_back_every_event_once(own_broker: LocalKafka, tmp_path
         assert ready["ready_by"] == "spool" and ready["spool_bytes"] > 0 and ready["spool_frames"] == N - N // 2
         assert ready["spool_oldest_s"] is not None and ready["spool_oldest_s"] >= 0
         own_broker.start()
+        back_ms = int(time.time() * 1000)
         found = event_ids_in_log(own_broker.bootstrap, f"{ingest.prefix}webhooks.v1", N)
         assert sorted(found) == sorted(ids), f"lost {set(ids) - set(found)}, log has {len(found)} for {N}"
         poll("the spool drained", lambda: json.loads(urllib.request.urlopen(
             f"http://127.0.0.1:{ingest.port}/readyz", timeout=5).read())["ready_by"] == "kafka", 30, ingest.log)
         drained = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ingest.port}/readyz", timeout=5).read())
         assert (drained["spool_frames"], drained["spool_bytes"], drained["spool_oldest_s"]) == (0, 0, None)
+        # ingest's watermarks went on once the spool had drained, and none passed a spooled record
+        poll("a watermark after the outage", lambda: marks_hold(own_broker.bootstrap, f"{ingest.prefix}webhooks.v1")
+             >= back_ms, 30, ingest.log)
         assert ingest.stop() == 0
     finally:
         if ingest.proc and ingest.proc.poll() is None:
