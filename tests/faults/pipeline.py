@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams import watermark
 from streams.avro import default_codec
 from streams.broker.topics import contract_topics, ensure_topics
 from streams.config import Settings
@@ -53,8 +54,9 @@ def q(settings: Settings, sql: str) -> list[dict] | None:
 
 
 def read_log(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) -> list[dict]:
-    """Every record of the webhook log, decoded, partition after partition in offset order (a session's events
-    share a partition, so each session's are in log order), up to the end offsets when called."""
+    """Every webhook of the log, decoded, partition after partition in offset order (a session's events
+    share a partition, so each session's are in log order), up to the end offsets when called; ingest's
+    watermarks (streams/watermark.py) are not webhooks and are left out."""
 
     async def run() -> list[dict]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -73,7 +75,7 @@ def read_log(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60)
                 assert time.monotonic() < deadline, f"{topic} not read to its end within {timeout_s} s"
                 for tp, records in (await consumer.getmany(timeout_ms=500)).items():
                     got[tp.partition] += [default_codec().decode(r.value) for r in records]
-            return [e for p in range(partitions) for e in got[p]]
+            return [e for p in range(partitions) for e in got[p] if not watermark.is_mark(e)]
         finally:
             await consumer.stop()
 
