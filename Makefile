@@ -9,8 +9,12 @@ STAMP := $(VENV)/.installed
 dev: install jars
 	$(BIN)/enx-streams dev
 
+# Two test processes, each taking a whole file at a time (a file's module fixtures start once): most of the
+# suite waits on brokers, outages and polls, so two halve its time on 2 cores. TEST_WORKERS=0 runs one.
+TEST_WORKERS ?= 2
+
 test: install jars
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 install: $(STAMP)
 
