@@ -74,7 +74,7 @@ __all__ = ["RebuildError", "run", "default_processors", "worker_plan"]
 
 STILL_S = 120.0     # a replay that has not moved for this long is said to (a worker may be stuck)
 POLL_S = 0.5        # how often the rebuild looks at the groups' offsets
-STOP_S = 30.0       # how long a processor may take to stop before it is killed
+STOP_S = 120.0      # how long a processor may take to stop before it is killed (killed, its last flush is lost)
 
 
 def processor_group(settings: config.Settings) -> str:
