@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,3 +44,17 @@ def task_dumps(procs: Iterable[object], logs: Iterable[Path], timeout_s: float =
     time.sleep(0.5)  # the dump is written in pieces: let it finish (diagnostics only, after a failure)
     return "\n".join(f"--- tasks of {f.name}\n{f.read_bytes()[sizes[f]:].decode(errors='replace')[-20000:]}"
                      for _, f in pairs)
+
+
+def stop_gracefully(procs: Iterable[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM every live process of ``procs``, wait up to ``timeout_s`` for each, SIGKILL what is left."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

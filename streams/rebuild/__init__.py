@@ -473,12 +473,14 @@ async def _main(settings: config.Settings, echo: Callable[[str], None], yes: boo
                 lock = OwnerLock.acquire(path, "enx-streams rebuild")
             except OwnerError as exc:
                 owner_refusal = str(exc).split("; an embedded data directory")[0]
-        if owner_refusal is None:
+        if owner_refusal is None and (path is None or path.is_dir()):
             client = await call(connect, settings)
         plan, reasons, before = await _look(settings, call, client, owner_refusal)
         if reasons:
             echo(_refusal_text(reasons))
             return 1
+        if client is None:  # an embedded directory that does not exist yet: created only once the checks passed
+            client = await call(connect, settings)
         if lock is not None:
             from streams.sink.owner import serve_queries
 

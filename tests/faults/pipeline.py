@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from streams.broker.topics import contract_topics, ensure_topics
 from streams.config import Settings
 from streams.processor import rules
 from streams.sink.query import QueryError, run_query
-from tests.polling import poll, task_dumps
+from tests.polling import poll, stop_gracefully, task_dumps
 
 ROOT = Path(__file__).resolve().parents[2]
 SLA_S = 45 * 60
@@ -126,15 +125,7 @@ class Pipeline:
         return task_dumps([self.procs[n] for n in names], [self.logs[n] for n in names])
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_gracefully(self.procs.values(), 40)
 
 
 def assert_replayed(settings: Settings, log_events: list[dict], now_ms: int, logs: list[Path],

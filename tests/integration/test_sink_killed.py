@@ -22,7 +22,7 @@ from streams.broker.topics import contract_topics, ensure_topics
 from streams.config import Settings
 from streams.sink.query import QueryError, run_query
 from tests.integration.test_sink import webhook
-from tests.polling import poll
+from tests.polling import poll, stop_gracefully
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 6000
@@ -85,9 +85,4 @@ def test_sink_killed_mid_batch_loses_and_doubles_nothing(bootstrap: str, tmp_pat
         assert _count(settings, "SELECT uniqExact(event_id) AS n FROM enablex.webhook_events") == EVENTS
         assert _count(settings, "SELECT count() AS n FROM enablex.session_files FINAL") == EVENTS
     finally:
-        if sink.poll() is None:
-            sink.send_signal(signal.SIGTERM)
-            try:
-                sink.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                sink.kill()
+        stop_gracefully([sink], 30)

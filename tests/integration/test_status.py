@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 from streams import config
 from tests.integration.test_ingest_http import is_watermark
 from streams.broker.local import LocalKafka, free_port
-from tests.polling import poll
+from tests.polling import poll, stop_gracefully
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,14 +101,7 @@ class Stack:
         return self.procs[name]
 
     def stop(self, name: str) -> None:
-        proc = self.procs[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_gracefully([self.procs[name]], 45)
 
     def post(self, conf: str) -> str:
         body = json.dumps({"type": "roomdrop", "trans_date": int(time.time()), "app_id": "st-app", "room_id": "r",
