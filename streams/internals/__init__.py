@@ -3,7 +3,7 @@ aiokafka), in one module, each with why.
 
 The processor needs a few things faust's public API does not give, or not at the speed it needs
 (bench/README.md has the figures): a drain loop that hands records straight to the agent, its own output
-path into faust's aiokafka producer, direct access to the memory stores' dicts, the group's committed
+path into faust's aiokafka producer, direct access to the RocksDB stores' databases, the group's committed
 offsets, and the acks of records it read back itself. Elsewhere, aiokafka has no public call for a
 metadata refresh of every topic, for deleting a consumer group, or for closing a producer without
 flushing it. Each use is a class or a function below; nothing else in ``streams/`` touches a private name
@@ -29,7 +29,7 @@ from typing import Any
 
 
 # The versions every member below was checked against (pyproject.toml pins them exactly).
-PINNED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+PINNED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0", "rocksdict": "0.3.29"}
 
 @dataclass(frozen=True)
 class Member:
@@ -155,11 +155,26 @@ MEMBERS: tuple[Member, ...] = (
     Member(f"{AK}:Producer._settings_extra", "faust's aiokafka producer is idempotent only inside a transaction "
            "(the settings it adds there); the processor's always is, with acks=all (make_durable)",
            f"{AK}:Producer._settings_extra", "a4c7bc41b6382223"),
-    Member("faust.tables.base:Collection.data", "a table's store, whose dict the agent reads and writes directly",
+    Member("faust.tables.base:Collection.data", "a table's store, whose databases the agent reads and writes",
            "faust.tables.base:Collection.data", "ade4a02ddd5582cb"),
-    Member("faust.stores.memory:Store.data", "the memory store's dict: the tables' get() and set() add sensors, key "
-           "lookups and a changelog send per call (the agent holds the changelog records itself, output.py)",
-           "faust.stores.memory:Store.__post_init__", "e59c82f3785458b2"),
+    Member("faust.stores.rocksdb:Store._dbs", "the open database of each partition of a table, which the processor "
+           "reads and writes in batches itself (streams/processor/state.py): the table's get() and set() decode "
+           "and encode per call and find the partition from the current event", "faust.stores.rocksdb:Store.__init__",
+           "c7c0fa2989e8ab4a"),
+    Member("faust.stores.rocksdb:Store.offset_key", "the key under which faust keeps a database's changelog offset "
+           "(what its recovery seeks past): the processor writes it in the same batch as the changes it covers",
+           "faust.stores.rocksdb:Store", "062f48be75e112d1"),
+    Member("faust.stores.rocksdb:Store.persisted_offset", "faust's recovery restores a partition from the offset "
+           "state.py writes under offset_key (read back as an int)", "faust.stores.rocksdb:Store.persisted_offset",
+           "6f2e502fb86043a1"),
+    Member("faust.stores.rocksdb:Store.partition_path", "where a partition's database lives (state.py deletes those "
+           "of partitions the worker no longer owns)", "faust.stores.rocksdb:Store.partition_path", "0cc4eae7dc33fcf1"),
+    Member("faust.stores.rocksdb:Store.revoke_partitions", "faust closes (drops) a revoked partition's database, so "
+           "state.py may delete its files once the rebalance is over", "faust.stores.rocksdb:Store.revoke_partitions",
+           "3f85447a24fc34ff"),
+    Member("faust.stores.rocksdb:RocksDBOptions.open", "the options state.ROCKSDB_OPTIONS sets reach RocksDB here "
+           "(a block cache per database; raw keys and values, as state.py reads and writes them)",
+           "faust.stores.rocksdb:RocksDBOptions.as_options", "d2a1bea17736d2eb"),
 )
 
 
@@ -193,10 +208,27 @@ def mark_acked(consumer: Any, tp: Any, offsets: Iterable[int]) -> None:
             acked.append(offset)
 
 
-def memory_store(table: Any) -> dict | None:
-    """The dict a table's memory store keeps its keys in (None for another store)."""
-    data = getattr(table.data, "data", None)
-    return data if isinstance(data, dict) else None
+def rocksdb_databases(table: Any) -> dict[int, Any]:
+    """The open RocksDB database of each partition of a table on faust's RocksDB store (faust's own mapping:
+    it opens a partition's database when assigned and drops it when revoked)."""
+    return table.data._dbs
+
+
+def rocksdb_offset_key(table: Any) -> bytes:
+    """The key under which faust's RocksDB store keeps a database's changelog offset (``persisted_offset``)."""
+    return table.data.offset_key
+
+
+def rocksdb_partition_paths(table: Any) -> list[tuple[int, Any]]:
+    """(partition, path) of every database of the table on disk, open or not."""
+    store = table.data
+    prefix = store.partition_path(0).name.rsplit("-", 1)[0]
+    out = []
+    for path in sorted(store.path.glob(f"{prefix}-*.db")):
+        number = path.name[len(prefix) + 1:-3]
+        if number.isdigit() and store.partition_path(int(number)) == path:
+            out.append((int(number), path))
+    return out
 
 
 def aiokafka_paused(consumer: Any) -> set | None:

@@ -82,6 +82,7 @@ from streams.processor.output import Output
 from streams.processor.reach import BrokerProbe
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
+from streams.processor.state import ROCKSDB_OPTIONS, PartStore, take_slot
 from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
 
 log = logging.getLogger("streams.processor")
@@ -146,11 +147,14 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
     sla_s = settings.transcode_sla_seconds
     retention_s = settings.state_retention_seconds
     log_topic = settings.topic("webhooks")
+    slot = take_slot(settings.data_dir / "processor")  # this process's own directory (state.py)
     app = faust.App(
         app_id(settings),
         broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
-        store="memory://",  # the changelogs are the durable state; a worker restores from them
-        datadir=str(settings.data_dir / "processor"),
+        # the changelogs are the durable state; RocksDB on this worker's own disk holds a prefix of each, so a
+        # worker restores only the tail it lacks (state.py)
+        store="rocksdb://",
+        datadir=str(slot.path),
         web_enabled=False,
         topic_partitions=settings.partitions,
         topic_disable_leader=True,
@@ -175,7 +179,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
     lean_consumer.install(app, {log_topic: inbox, command_topic(settings): inbox, reconcile_topic: inbox})
     commands = app.topic(command_topic(settings), partitions=settings.partitions, internal=True, **RAW)
     sessions_topic, alerts_topic = settings.topic("sessions"), published_alerts_topic(settings)
-    tables = {name: app.Table(name, default=None, partitions=settings.partitions,
+    tables = {name: app.Table(name, default=None, partitions=settings.partitions, options=dict(ROCKSDB_OPTIONS),
                               help=f"session parts: {name}") for name in rules.TABLES}
     if any((t.key_serializer, t.value_serializer) != ("json", "json") for t in tables.values()):
         raise RuntimeError("the processor's tables must have JSON changelogs: write() encodes them with orjson")
@@ -188,35 +192,28 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
 
     internals.make_durable(app.producer, DURABLE_PRODUCER)
     output = Output.install(app)
-    # the memory stores' dicts, read and written directly: the tables' own get() and set() add sensors, key
-    # lookups and a changelog send per call (faust's memory store keeps one dict for good). Taken at first
-    # use: a store is created on the worker's event loop.
-    stores: dict[str, dict] = {}
+    # the parts read and written through a write-back cache over the RocksDB stores (state.py): the tables' own
+    # get() and set() decode, encode and write per call and send a changelog record each
     changelogs = {name: table.changelog_topic.get_topic_name() for name, table in tables.items()}
+    state = PartStore(tables, changelogs)
+    output.durable = lambda held, offsets: state.persist(held, offsets, stamp=slot.stamp)
 
-    def parts_of(name: str) -> dict[str, dict | None]:
-        if not stores:
-            stores.update({t: internals.memory_store(tables[t]) for t in rules.TABLES})
-        return {t: store.get(name) for t, store in stores.items()}
+    def parts_of(name: str, partition: int) -> dict[str, dict | None]:
+        return state.parts(name, partition)
 
     def write(name: str, partition: int, change: rules.Transition) -> None:
-        """The parts into the stores, and held for their changelogs (the event's partition, as faust's
-        table write does), which output.py sends after this event's snapshot and alerts. Encoded as the
-        tables' json serializer does (orjson, for these plain dicts the same bytes), without its registry."""
+        """The parts into the cache, and held for their changelogs (the event's partition, as faust's table
+        write does), which output.py sends after this event's snapshot and alerts, and then has RocksDB take
+        (state.py). Encoded as the tables' json serializer does (orjson, for these plain dicts the same bytes),
+        without its registry."""
         key = None
         for t, part in change.writes.items():
-            store = stores[t]  # filled: the change was judged on parts_of
-            if part is None:
-                if name not in store:
-                    continue
-                del store[name]
-                value = None
-            else:
-                store[name] = part
-                value = orjson.dumps(part)
             if key is None:
                 key = orjson.dumps(name)
+            value = None if part is None else orjson.dumps(part)
+            state.write(t, partition, key, part, value)
             output.hold(changelogs[t], partition, key, value)
+        state.note(name)
 
     def encode_state(state: dict) -> bytes:
         return codec.encode("SessionState", state)
@@ -309,7 +306,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
             return  # not a session event: kept in the log and ClickHouse, no session state
         try:
             name = key.decode()
-            change = rules.on_event(parts_of(name), record, sla_s, now_ms=clocks.bound(partition))
+            change = rules.on_event(parts_of(name, partition), record, sla_s, now_ms=clocks.bound(partition))
             alerts = rendered(change)
         except Exception as exc:  # noqa: BLE001 - pure (the record, its session's state): fails in any worker
             await reject(TP(log_topic, partition), offset, key, (record.get("raw") or "").encode("utf-8", "replace"),
@@ -354,7 +351,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
             return
         try:
             name = key.decode()
-            change = rules.on_finding(parts_of(name), finding, sla_s)
+            change = rules.on_finding(parts_of(name, tp.partition), finding, sla_s)
             alerts = rendered(change)
         except Exception as exc:  # noqa: BLE001 - pure, as for a webhook
             await reject(tp, offset, key, orjson.dumps(finding), exc,
@@ -389,7 +386,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
             return
         try:
             name = key.decode()
-            change = rules.on_command(parts_of(name), op, now, sla_s, retention_s)
+            change = rules.on_command(parts_of(name, tp.partition), op, now, sla_s, retention_s)
             alerts = rendered(change)
         except Exception as exc:  # noqa: BLE001 - as for a webhook
             # the watch would send it again every RESEND_S, and it would fail the same way until the session's
@@ -492,6 +489,12 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
     async def close_reader(_app: faust.App, **_kwargs: Any) -> None:
         await reader.close()
         await probe.close()
+        # faust closes the tables' databases before its last flush: what is held now reaches them first, so a
+        # worker stopped cleanly restores nothing at its next start (what comes after, the changelog's tail)
+        try:
+            await output.flush()
+        except Exception as exc:  # noqa: BLE001 - the changelog has it or the commit does not pass it
+            log.warning("the flush before stopping failed: %r", exc)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
@@ -503,26 +506,19 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
         reindex["generation"] += 1
         reindex["needed"] = True
         index.clear()
+        state.touched = set()  # written from now on: indexed by the agent, skipped by the rebuild's scan
 
     def drop_local() -> None:
-        """Forget, in this process only (never in the changelog), the sessions of partitions it no longer
-        owns.
-
-        faust's memory store keeps the keys this worker wrote itself after their partition moved away (it
-        only drops what it restored), and a stale key could come back to life if the partition returned
-        after the owner's tombstone was compacted away. A partition whose changelog is not an active
-        recovery partition of this worker has no recovery offset here, so should it come back, faust
-        replays its changelog from the start: dropping its keys loses nothing. Synchronous, so the active
-        set cannot change underneath."""
+        """Delete, on this worker's disk only (never in the changelog), the state of the partitions it no longer
+        owns (state.py says why a kept one could bring deleted sessions back). A partition whose changelog is
+        not an active recovery partition of this worker has no database open here, so should it come back,
+        faust restores it from the changelog's start: deleting it loses nothing. Synchronous, so the active set
+        cannot change underneath."""
         active = app.tables.recovery.active_tps
-        for table in tables.values():
-            data = internals.memory_store(table)
-            if data is None:
-                continue
-            changelog = table.changelog_topic.get_topic_name()
-            keep = {tp.partition for tp in active if tp.topic == changelog}
-            for name in [k for k in data if isinstance(k, str) and partition_of(k, settings.partitions) not in keep]:
-                del data[name]
+        owned = {t: {tp.partition for tp in active if tp.topic == changelogs[t]} for t in tables}
+        deleted = state.drop_unowned(owned)
+        if deleted:
+            log.info("deleted the local state of %d table partitions this worker no longer owns", len(deleted))
 
     @app.on_rebalance_complete.connect
     async def tables_restored(_app: faust.App, **_kwargs: Any) -> None:
@@ -558,20 +554,25 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
                          log_topic, p, end, clocks.bound(p))
 
     async def rebuild_index(assigned: set[int]) -> bool:
-        """Index every session of the assigned partitions from the tables; False if a rebalance came."""
+        """Index every session of the assigned partitions from the tables, read from RocksDB in key order
+        (state.PartStore.scan); False if a rebalance came."""
         generation = reindex["generation"]
         reindex["needed"] = False
+        if state.touched is None:
+            state.touched = set()
         await recall_marks(assigned)
-        names = list({name for table in tables.values() for name in list(table.keys())})
-        for start in range(0, len(names), REINDEX_CHUNK):
-            for name in names[start:start + REINDEX_CHUNK]:
-                partition = partition_of(name, settings.partitions)
-                if partition in assigned:
-                    index.set(name, partition, next_due(rules.combine(parts_of(name), sla_s), retention_s))
-            await asyncio.sleep(0)  # let the agent and the heartbeats run
-            if reindex["generation"] != generation:
-                return False
-        log.info("SLA watch: %d sessions indexed on partitions %s", len(index), sorted(assigned))
+        started, scanned = time.monotonic(), 0
+        for partition in sorted(assigned):
+            for name, parts in state.scan(partition):
+                index.set(name, partition, next_due(rules.combine(parts, sla_s), retention_s))
+                scanned += 1
+                if scanned % REINDEX_CHUNK == 0:
+                    await asyncio.sleep(0)  # let the agent and the heartbeats run
+                    if reindex["generation"] != generation:
+                        return False
+        state.touched = None
+        log.info("SLA watch: %d sessions indexed on partitions %s (%d read from the tables in %.1f s)", len(index),
+                 sorted(assigned), scanned, time.monotonic() - started)
         return True
 
     def highwater(partition: int) -> int | None:
@@ -625,7 +626,7 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
         if reindex["needed"] and not await rebuild_index(assigned):
             return
         resend.prune()
-        for name, op, now in sweep(index, lambda n: rules.combine(parts_of(n), sla_s), assigned, clocks,
+        for name, op, now in sweep(index, lambda n: rules.combine(parts_of(n, partition_of(n, settings.partitions)), sla_s), assigned, clocks,
                                    retention_s, highwater, committed):
             if resend.due(name, op):
                 await commands.send(key=name.encode(), value=json.dumps({"op": op, "now": now}).encode())

@@ -71,6 +71,10 @@ class Output:
         self._flush = flush
         self._producer = producer
         self._one_at_a_time = asyncio.Lock()  # a commit's flush must not pass a revocation's still sending
+        # called by a flush once its held changes are acknowledged: (held records, the offset of the last
+        # record of each (topic, partition) among them, where the producer told it)
+        self.durable: Callable[[dict[tuple[str, int, bytes], bytes | None], dict[tuple[str, int], int]], None] | None \
+            = None
 
     @classmethod
     def install(cls, app: faust.App) -> Output:
@@ -109,8 +113,8 @@ class Output:
                 self._confirm()
                 self.check()
                 published, latest = [], {}
-                await self._send_all([(topic, partition, key, value)
-                                      for (topic, partition, key), value in held.items()])  # (2)
+                last = await self._send_all([(topic, partition, key, value)
+                                             for (topic, partition, key), value in held.items()])  # (2)
                 await self._flush()  # (3)
                 self._confirm()
                 self.check()
@@ -120,6 +124,9 @@ class Output:
                 self._latest = {**latest, **self._latest}
                 self._held = {**held, **self._held}
                 raise
+            if self.durable is not None and held:
+                # (4) the held changes are in the changelog: the local store may have them now (state.py)
+                self.durable(held, last_offsets(last))
 
     def check(self) -> None:
         """Raise if a record is known to have failed: called by every flush and before every send."""
@@ -143,21 +150,30 @@ class Output:
                 self.check()
         return out
 
-    async def _send_all(self, records: list[Record]) -> None:
-        """Append ``records`` to record batches of their topic and partition and queue each batch."""
+    async def _send_all(self, records: list[Record]) -> dict[tuple[str, int], tuple[asyncio.Future[Any], int]]:
+        """Append ``records`` to record batches of their topic and partition and queue each batch; the last
+        batch of each (topic, partition) with how many records it holds."""
         producer = self._producer()
         batches: dict[tuple[str, int], Any] = {}
+        counts: dict[tuple[str, int], int] = {}
         for topic, partition, key, value in records:
             batch = batches.get((topic, partition))
             if batch is None:
                 batch = batches[(topic, partition)] = producer.create_batch()
+                counts[(topic, partition)] = 0
             if batch.append(timestamp=None, key=key, value=value) is None:  # full: queue it, start another
                 self._unconfirmed.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = batches[(topic, partition)] = producer.create_batch()
                 batch.append(timestamp=None, key=key, value=value)  # an empty batch takes any record
+                counts[(topic, partition)] = 0
+            counts[(topic, partition)] += 1
+        last = {}
         for (topic, partition), batch in batches.items():
             batch.close()  # complete: the sender takes it at once instead of lingering for more records
-            self._unconfirmed.append(await producer.send_batch(batch, topic, partition=partition))
+            sent = await producer.send_batch(batch, topic, partition=partition)
+            self._unconfirmed.append(sent)
+            last[(topic, partition)] = (sent, counts[(topic, partition)])
+        return last
 
     def _fail(self, exc: BaseException, what: str = "a processor record could not be written to Kafka") -> None:
         if self.failed is None:
@@ -177,3 +193,15 @@ class Output:
             if exc is not None:
                 self._fail(exc)
         self._unconfirmed = unresolved
+
+
+def last_offsets(last: dict[tuple[str, int], tuple[asyncio.Future[Any], int]]) -> dict[tuple[str, int], int]:
+    """The offset of the last record of each (topic, partition), from its last batch's acknowledgement (the
+    batch's base offset) and its size; none where the producer did not say."""
+    out = {}
+    for tp, (sent, count) in last.items():
+        if sent.done() and not sent.cancelled() and sent.exception() is None:
+            offset = getattr(sent.result(), "offset", None)
+            if isinstance(offset, int) and offset >= 0:
+                out[tp] = offset + count - 1
+    return out

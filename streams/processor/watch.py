@@ -156,37 +156,63 @@ def next_due(state: Mapping | None, retention_s: float) -> int | None:
 
 class DueIndex:
     """When each session of this worker's partitions next needs a command, by partition, so that a sweep
-    finds what is due without looking at every session: a heap per partition, with lazy deletion."""
+    finds what is due without looking at every session.
+
+    Sized for a million open sessions (bench/state_memory.py): per partition, a set of session keys per
+    second of due time and a heap of those seconds; per session only its key and a reference to its set
+    (no tuple, no integer, no heap entry of its own: about a hundred bytes instead of about 270). A sweep takes
+    whole seconds, so a session due later within the second it is in is taken early; the sweep re-judges
+    it (nothing is due yet) and sets it again."""
+
+    RESOLUTION_MS = 1000
 
     def __init__(self) -> None:
-        self._due: dict[str, tuple[int, int]] = {}
-        self._heaps: dict[int, list[tuple[int, str]]] = {}
+        self._at: dict[str, set[str]] = {}  # key -> the set of its second
+        self._buckets: dict[int, dict[int, set[str]]] = {}  # partition -> second -> keys
+        self._heaps: dict[int, list[int]] = {}  # partition -> its seconds (lazily: a popped or emptied one stays)
 
     def __len__(self) -> int:
-        return len(self._due)
+        return len(self._at)
 
     def set(self, key: str, partition: int, due: int | None) -> None:
+        old = self._at.get(key)
         if due is None:
-            self._due.pop(key, None)
+            if old is not None:
+                old.discard(key)
+                del self._at[key]
             return
-        if self._due.get(key) == (partition, due):
+        second = due // self.RESOLUTION_MS
+        buckets = self._buckets.get(partition)
+        if buckets is None:
+            buckets = self._buckets[partition] = {}
+        keys = buckets.get(second)
+        if keys is not None and keys is old:
             return
-        self._due[key] = (partition, due)
-        heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
+        if old is not None:
+            old.discard(key)
+        if keys is None:
+            keys = buckets[second] = set()
+            heapq.heappush(self._heaps.setdefault(partition, []), second)
+        keys.add(key)
+        self._at[key] = keys
 
     def pop_due(self, partition: int, now_ms: int) -> list[str]:
-        """The sessions of ``partition`` due at ``now_ms``, removed (the caller sets them again)."""
-        heap = self._heaps.get(partition)
+        """The sessions of ``partition`` due at ``now_ms`` (and any due later within its second), removed (the
+        caller sets them again)."""
+        heap, buckets = self._heaps.get(partition), self._buckets.get(partition)
         out: list[str] = []
-        while heap and heap[0][0] <= now_ms:
-            due, key = heapq.heappop(heap)
-            if self._due.get(key) == (partition, due):
-                del self._due[key]
-                out.append(key)
+        limit = now_ms // self.RESOLUTION_MS
+        while heap and heap[0] <= limit:
+            keys = buckets.pop(heapq.heappop(heap), None) if buckets is not None else None
+            if keys:
+                for key in keys:
+                    del self._at[key]
+                out.extend(sorted(keys))
         return out
 
     def clear(self) -> None:
-        self._due.clear()
+        self._at.clear()
+        self._buckets.clear()
         self._heaps.clear()
 
 

@@ -101,6 +101,14 @@ async def reset(settings: Settings, processor_group: str, rebuild_sink_group: st
             echo("deleted " + ", ".join(sorted(doomed)))
         await _delete_groups(admin, (processor_group, rebuild_sink_group))
         echo(f"reset consumer groups {processor_group} and {rebuild_sink_group}")
+        # the processors' local RocksDB state is a prefix of the changelogs just deleted: meaningless now
+        # (streams/processor/state.py); a worker's slot still held by a running process is left alone
+        from streams.processor.state import clear_slots
+
+        local = settings.data_dir / "processor"
+        held = clear_slots(local)
+        echo(f"deleted the processors' local state in {local}" if not held else
+             f"deleted the processors' local state in {local}, except {', '.join(map(str, held))} (in use)")
         deadline = time.monotonic() + timeout_s
         while set(doomed) & set(await admin.list_topics()):
             if time.monotonic() > deadline:

@@ -471,17 +471,23 @@ def test_sweep_judges_only_assigned_partitions_at_their_own_time() -> None:
 
 def test_due_index() -> None:
     index = DueIndex()
-    index.set("a", 0, 10)
-    index.set("b", 0, 5)
-    index.set("a", 0, 20)  # moved: the old entry is stale
-    index.set("c", 1, 1)
+    index.set("a", 0, 10_000)
+    index.set("b", 0, 5_000)
+    index.set("a", 0, 20_000)  # moved: the old entry is gone
+    index.set("c", 1, 1_000)
     index.set("d", 0, None)
     assert len(index) == 3
-    assert index.pop_due(0, 15) == ["b"]
-    assert index.pop_due(0, 15) == []
-    assert index.pop_due(0, 20) == ["a"]
+    assert index.pop_due(0, 15_000) == ["b"]
+    assert index.pop_due(0, 15_000) == []
+    assert index.pop_due(0, 20_000) == ["a"]
     index.set("c", 1, None)
-    assert index.pop_due(1, 100) == [] and len(index) == 0
+    assert index.pop_due(1, 100_000) == [] and len(index) == 0
+    # whole seconds: one due later in the second taken is taken early (the sweep re-judges and sets it again)
+    index.set("e", 0, 30_999)
+    index.set("f", 0, 31_000)
+    assert index.pop_due(0, 29_999) == [] and index.pop_due(0, 30_000) == ["e"] and len(index) == 1
+    index.set("e", 0, 30_999)  # set again by the sweep: taken again at its second, never lost
+    assert index.pop_due(0, 31_000) == ["e", "f"] and len(index) == 0
 
 
 @given(trajectories(), st.sampled_from([1.0, 86400.0]))
