@@ -148,15 +148,16 @@ async def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> 
 
 class Process:
     """An ``enx-streams`` role as a child process with its log in the work directory (or, with ``command``,
-    another program given this command's settings the same way: ``args`` follow it)."""
+    another program given this command's settings the same way: ``args`` follow it); ``cwd``: another
+    checkout of the repository runs its own ``streams`` (first on the module path)."""
 
     def __init__(self, settings: config.Settings, args: list[str], log: Path, env: dict[str, str] | None = None,
-                 command: list[str] | None = None):
+                 command: list[str] | None = None, cwd: Path = ROOT):
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([*(command or [sys.executable, "-m", "streams.cli"]), *args],
-                                         env={**child_env(settings), **(env or {})}, cwd=ROOT, stdout=out,
+                                         env={**child_env(settings), **(env or {})}, cwd=cwd, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     @property

@@ -95,11 +95,13 @@ def drain_eps(settings: Settings, worker: Process, group: str, timeout_s: float 
         worker.stop()
 
 
-def processor_eps(settings: Settings, work: Path, run: int = 0) -> tuple[float, float, float]:
-    """One processor worker (a consumer group and changelogs of its own) through the log: :func:`drain_eps`."""
-    group = f"{processor_group(settings)}-{run}"
-    worker = Process(settings, ["worker", "--roles", "processor"], work / "logs" / f"bench-processor-{run}.log",
-                     env={"ENXTEST_PROCESSOR_GROUP": group})
+def processor_eps(settings: Settings, work: Path, run: int = 0, tree: Path = ROOT) -> tuple[float, float, float]:
+    """One processor worker (a consumer group and changelogs of its own) through the log: :func:`drain_eps`.
+    ``tree``: the checkout whose processor runs (``BENCH_BASELINE_TREE``, below)."""
+    label = "" if tree == ROOT else "baseline-"
+    group = f"{processor_group(settings)}-{label}{run}"
+    worker = Process(settings, ["worker", "--roles", "processor"], work / "logs" / f"bench-processor-{label}{run}.log",
+                     env={"ENXTEST_PROCESSOR_GROUP": group}, cwd=tree)
     return drain_eps(settings, worker, group)
 
 
@@ -170,8 +172,14 @@ def run(bootstrap: str, work: Path, events: int = 200_000, runs: int = 2) -> dic
     lean = faust_bare_eps(settings, n, mode="lean")
     ours: list[tuple[float, float, float]] = []
     theirs: list[tuple[float, float, float]] = []
+    # BENCH_BASELINE_TREE: another checkout of this repository (an earlier commit) whose processor runs beside,
+    # alternately, through the same log: what a change costs or gains, measured in one run on one machine
+    baseline_tree = os.environ.get("BENCH_BASELINE_TREE")
+    before: list[tuple[float, float, float]] = []
     for i in range(runs):  # alternately, so that a slow spell of the machine falls on both
         ours.append(processor_eps(settings, work, i))
+        if baseline_tree:
+            before.append(processor_eps(settings, work, i, tree=Path(baseline_tree)))
         theirs.append(quix_eps(settings, work, i))
     eps, startup, rss = (statistics.median([r[j] for r in ours]) for j in range(3))
     q_eps, q_startup, q_rss = (statistics.median([r[j] for r in theirs]) for j in range(3))
@@ -180,7 +188,15 @@ def run(bootstrap: str, work: Path, events: int = 200_000, runs: int = 2) -> dic
                                                          settings.partitions)))
     if diff:
         print("   the Quix peer's final session states differ from the processor's:\n   " + "\n   ".join(diff))
-    return {"processor_eps": round(eps, 1), "raw_consume_eps": round(raw, 1),
+    compared: dict[str, object] = {}
+    if before:
+        b_eps, b_rss = statistics.median([r[0] for r in before]), statistics.median([r[2] for r in before])
+        compared = {"processor_baseline_eps": round(b_eps, 1),
+                    "processor_baseline_eps_runs": [round(r[0], 1) for r in before],
+                    "processor_baseline_rss_mb": round(b_rss, 1), "processor_vs_baseline_ratio": round(eps / b_eps, 3),
+                    "processor_vs_baseline_ratio_runs": [round(a[0] / b[0], 3) for a, b in zip(ours, before)],
+                    "processor_baseline_tree": baseline_tree}
+    return {**compared, "processor_eps": round(eps, 1), "raw_consume_eps": round(raw, 1),
             "processor_vs_raw_ratio": round(eps / raw, 3), "processor_events": n,
             "faust_bare_eps": round(bare, 1), "faust_bare_vs_raw_ratio": round(bare / raw, 3),
             "processor_vs_faust_bare_ratio": round(eps / bare, 3),

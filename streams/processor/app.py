@@ -82,12 +82,13 @@ from streams.processor.output import Output
 from streams.processor.reach import BrokerProbe
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
-from streams.processor.state import ROCKSDB_OPTIONS, PartStore, take_slot
+from streams.processor.state import ROCKSDB_OPTIONS, PartStore, encoded, release_free_memory, take_slot
 from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
 
 log = logging.getLogger("streams.processor")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 SWEEP_INTERVAL_S = 2.0
+TRIM_INTERVAL_S = 10.0  # how often freed heap memory is given back to the system (state.release_free_memory)
 STALL_WARN_S = 10.0  # a partition with records waiting that delivered nothing for this long is put back on
 PRODUCER_LINGER_S = 0.02  # records produced within 20 ms share a produce request (0: one request each)
 # A record batch's size: a flush sends a commit interval's records, one batch after another per partition, each
@@ -209,8 +210,8 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
         key = None
         for t, part in change.writes.items():
             if key is None:
-                key = orjson.dumps(name)
-            value = None if part is None else orjson.dumps(part)
+                key = encoded(name)
+            value = None if part is None else encoded(part)
             state.write(t, partition, key, part, value)
             output.hold(changelogs[t], partition, key, value)
         state.note(name)
@@ -631,6 +632,10 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
             if resend.due(name, op):
                 await commands.send(key=name.encode(), value=json.dumps({"op": op, "now": now}).encode())
         metrics.sweep_seconds.observe(time.monotonic() - started)
+
+    @app.timer(interval=TRIM_INTERVAL_S)
+    async def trim() -> None:
+        release_free_memory()  # state.py: what a backlog's record batches and changes leave behind
 
     metrics.watch_sessions(index)
     app.conf.enx_parts = {"tables": tables, "clocks": clocks, "index": index}  # for tests and the worker
