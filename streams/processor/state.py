@@ -262,12 +262,8 @@ class PartStore:
         database), then the cached changes over them. A session written since the index was cleared is skipped
         (``touched``, kept from then on: the agent indexed it itself with its newer state, which a snapshot may
         predate); one with changes not yet persisted is read whole from the cache and the databases."""
-        streams = []
-        for t, dbs in self.dbs.items():
-            db = dbs.get(partition)
-            if db is not None:
-                offset_key = internals.rocksdb_offset_key(self.tables[t])
-                streams.append(((key, t, value) for key, value in db.items() if key != offset_key))
+        streams = [_items(t, db, internals.rocksdb_offset_key(self.tables[t]))
+                   for t, dbs in self.dbs.items() if (db := dbs.get(partition)) is not None]
         current: bytes | None = None
         parts: Parts = {}
         for key, t, value in heapq.merge(*streams):
@@ -287,6 +283,13 @@ class PartStore:
             parts = self.parts(name, partition, key)
         yield name, parts
 
+
+
+def _items(table: str, db: Any, offset_key: bytes) -> Iterator[tuple[bytes, str, bytes]]:
+    """(key, table, value) of every session in one table partition's database, in key order."""
+    for key, value in db.items():
+        if key != offset_key:
+            yield key, table, value
 
 
 def release_free_memory() -> None:

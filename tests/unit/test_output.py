@@ -49,6 +49,7 @@ class Kafka:
         self.waiting = asyncio.Event()  # a flush is waiting at the gate
         self.flush_error: BaseException | None = None  # the next flush raises it (after the gate)
         self.record_error: BaseException | None = None  # the records pending at the next flush fail with it
+        self.results: dict[int, Any] = {}  # id(future) -> what it resolves with (aiokafka: a RecordMetadata)
 
     async def send(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -81,7 +82,7 @@ class Kafka:
             if self.record_error is not None:
                 future.set_exception(self.record_error)
             else:
-                future.set_result(None)
+                future.set_result(self.results.pop(id(future), None))
         await asyncio.sleep(0)  # as in aiokafka, the records are resolved when flush returns
 
     def sent(self) -> list[tuple]:
@@ -134,6 +135,47 @@ def test_a_full_batch_is_queued_and_the_rest_go_in_the_next() -> None:
         assert kafka.sent() == [(CHANGELOG, f"a/{i}".encode(), b"part", 0) for i in range(5)]
         assert len(kafka.pending) == 0 and kafka.calls.count(("flushed",)) == 2
         assert kafka.lingering == 0  # every batch complete when sent: a flush never waits for a linger
+
+    asyncio.run(scenario())
+
+
+def test_the_held_changes_are_handed_on_with_their_last_offsets_once_acknowledged() -> None:
+    """What the local store takes after a flush (state.py): the changes held, and per changelog partition the
+    offset of its last record (the last batch's base offset and size, as aiokafka acknowledges a batch)."""
+
+    class Acked(Kafka):
+        def __init__(self) -> None:
+            super().__init__(batch_size=2)
+            self.base = 100  # the broker's next offset
+
+        async def send(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None) -> Any:
+            return self.acked(await super().send(topic, value, key, partition), 1)
+
+        async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
+            return self.acked(await super().send_batch(batch, topic, partition=partition), len(batch.records))
+
+        def acked(self, future: Any, records: int) -> Any:
+            self.results[id(future)] = type("RecordMetadata", (), {"offset": self.base})()  # the batch's base
+            self.base += records
+            return future
+
+    async def scenario() -> None:
+        kafka = Acked()
+        out = Output(kafka.flush, lambda: kafka)
+        got: list[tuple[dict, dict]] = []
+        out.durable = lambda held, offsets: got.append((held, offsets))
+        out.publish(ALERTS, 0, b"a/0", b"stalled")
+        for i in range(5):
+            out.hold(CHANGELOG, 0, f"a/{i}".encode(), b"part")
+        out.hold(CHANGELOG, 1, b"a/9", None)
+        await out.flush()
+        assert len(got) == 1
+        held, offsets = got[0]
+        assert set(held) == {(CHANGELOG, 0, f"a/{i}".encode()) for i in range(5)} | {(CHANGELOG, 1, b"a/9")}
+        # alerts: 100; partition 0's three batches 101-102, 103-104, 105; partition 1's one record 106
+        assert offsets == {(CHANGELOG, 0): 105, (CHANGELOG, 1): 106}
+        await out.flush()  # nothing held: nothing handed on
+        assert len(got) == 1
 
     asyncio.run(scenario())
 
