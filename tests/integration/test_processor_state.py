@@ -152,11 +152,17 @@ def test_a_restarted_worker_restores_nothing_and_keeps_every_session(bootstrap: 
     settings, workers, sessions, keys = setup(bootstrap, tmp_path, "kept-", 25)
     try:
         first, now = started_with_sessions(workers, "w", sessions)
-        produce(settings, [event("recording", c, now + 1, now + 1) for c in sessions])
+        # and one session per partition whose deadline passes while no worker runs: only a watch that indexed
+        # it again from disk stalls it
+        due = confs("due-", 1)
+        deadline = now + 40
+        produce(settings, [event("recording", c, deadline - 2700, now) for c in due]
+                + [event("recording", c, now + 1, now + 1) for c in sessions])
         latest_snapshots(settings, keys, lambda got: len(got) == len(keys) and all(
             s["version"] == 2 for s in got.values()))
         commits_reach_the_end(workers)
         assert workers.stop_one(first) == 0, workers.logs()
+        assert time.time() < deadline - 5, "the first worker ran past the due sessions' deadline"
         # every database holds its changelog up to the last record: nothing to restore
         written, held = on_disk_offsets(settings, tmp_path / "w")
         assert written and held == written
@@ -168,7 +174,14 @@ def test_a_restarted_worker_restores_nothing_and_keeps_every_session(bootstrap: 
         line = poll("the SLA watch's index rebuilt", lambda: next(
             (x for x in workers.log(again).splitlines() if "SLA watch:" in x and "sessions indexed" in x), None),
             30, tmp_path / f"worker-{again}.log")
-        assert int(line.split("SLA watch: ", 1)[1].split()[0]) >= len(sessions), line
+        assert int(line.split("SLA watch: ", 1)[1].split()[0]) >= len(sessions) + len(due), line
+        stalled = {f"{APP}/{c}".encode() for c in due}
+
+        def stalls(got: list) -> bool:
+            return {r.key for r in got if codec.decode(r.value)["kind"] == "transcode_stalled"} >= stalled
+
+        alerts = read(settings, "alerts", stalls, max(10.0, deadline + 30 - time.time()))
+        assert stalls(alerts) and len(alerts) == len(due), (alerts, workers.logs())
         assert workers.stop_one(again) == 0, workers.logs()
         written, held = on_disk_offsets(settings, tmp_path / "w")  # its probe sessions were written meanwhile
         assert held == written
