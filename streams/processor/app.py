@@ -154,7 +154,9 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
     sla_s = settings.transcode_sla_seconds
     retention_s = settings.state_retention_seconds
     log_topic = settings.topic("webhooks")
-    slot = take_slot(settings.data_dir / "processor")  # this process's own directory (state.py)
+    # this process's own directory (state.py), under the app id: the tables' files are named by table only, and
+    # another app id (a replay's consumer group) has changelogs of its own
+    slot = take_slot(settings.data_dir / "processor" / app_id(settings))
     app = faust.App(
         app_id(settings),
         broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],

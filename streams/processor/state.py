@@ -33,8 +33,9 @@ A partition that moves away (:meth:`PartStore.drop_unowned`)
 
 One directory per worker process (:func:`take_slot`)
     RocksDB locks a database for one process, and a partition's database must be written by its owner only.
-    Workers on one machine share ``<data dir>/processor`` (``enx-streams dev``, the tests' two workers,
-    ``enx-streams rebuild``'s replay workers): each takes the first slot ``w0``, ``w1``, ... whose lock no
+    Workers on one machine share ``<data dir>/processor/<app id>`` (``enx-streams dev``, the tests' two
+    workers, ``enx-streams rebuild``'s replay workers; the app id names the changelogs, and a replay under
+    another consumer group has its own): each takes the first slot ``w0``, ``w1``, ... whose lock no
     other process holds (``flock``, released when the process exits, however it exits), and keeps it while
     it runs. A restarted worker takes the lowest free slot again, usually its own: any slot's databases
     are valid for whichever partitions the group gives it (each is a prefix of its changelog), and the

@@ -105,7 +105,7 @@ async def reset(settings: Settings, processor_group: str, rebuild_sink_group: st
         # (streams/processor/state.py); a worker's slot still held by a running process is left alone
         from streams.processor.state import clear_slots
 
-        local = settings.data_dir / "processor"
+        local = settings.data_dir / "processor" / processor_group
         held = clear_slots(local)
         echo(f"deleted the processors' local state in {local}" if not held else
              f"deleted the processors' local state in {local}, except {', '.join(map(str, held))} (in use)")
