@@ -241,7 +241,7 @@ async def _observe(run: _Run, completion: Completion, shadow_db: str, started_ms
     processed = await kafka.committed(admin, run.processor_group)
     sunk = await kafka.committed(admin, run.sink_group)
     ends = await kafka.end_offsets(run.bootstrap, [*completion.outputs_topics, completion.commands_topic])
-    overdue = 0
+    overdue = None
     if completion.stage is Stage.JUDGING:
         overdue = await run.call(shadow.overdue, run.client, shadow_db, started_ms)
     return Observation(processed=processed, sunk=sunk, ends=ends, overdue=overdue)
@@ -300,7 +300,8 @@ async def _follow(run: _Run, completion: Completion, shadow_db: str, started_ms:
                 if still((completion.stage, seen.processed, seen.sunk, seen.overdue), time.monotonic()):
                     bar.console.print(
                         f"warning: no progress for {STILL_S:.0f} s ({completion.stage.value}; {done} of {of} events "
-                        f"replayed, {wrote} of {of_written} records written, {seen.overdue} stalls due): a worker "
+                        f"replayed, {wrote} of {of_written} records written"
+                        f"{'' if seen.overdue is None else f', {seen.overdue} stalls due'}): a worker "
                         f"may be stuck; see {run.logs}/rebuild-*.log. The rebuild waits up to {timeout_s:.0f} s "
                         f"in all; Ctrl-C stops it and `enx-streams rebuild` starts it over.")
                 if time.monotonic() > deadline:
