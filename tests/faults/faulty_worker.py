@@ -8,7 +8,7 @@ that once found it. ``ENXTEST_DEFECT`` says which:
   streams/processor/gaps.py.
 - ``unfetched:<partition>``: no record of that partition of the webhook log reaches the drain loop until
   the consumer is sought on it again after one was withheld: faust's "a partition taken over and never
-  fetched", remedied by the SLA watch's ``check_progress`` (streams/processor/app.py).
+  fetched", remedied by the SLA watch's ``check_progress`` (streams/processor/sweeper.py).
 
 Each withheld record is said on stderr (``defect: withheld ...``), so a test can tell that the defect was
 provoked. Run as ``python -m tests.faults.faulty_worker worker --roles processor ...`` (the CLI's own
