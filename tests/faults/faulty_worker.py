@@ -9,6 +9,11 @@ that once found it. ``ENXTEST_DEFECT`` says which:
 - ``unfetched:<partition>``: no record of that partition of the webhook log reaches the drain loop until
   the consumer is sought on it again after one was withheld: faust's "a partition taken over and never
   fetched", remedied by the SLA watch's ``check_progress`` (streams/processor/sweeper.py).
+- ``restoring:<seconds>``: the first record that reaches the agent starts a table restore (faust's
+  ``app.in_recovery`` set, as its Recovery sets it) lasting that many seconds, while the consumer's flow
+  stays active, so that record and those fetched meanwhile reach the agent during a restore: faust's
+  "records delivered while the tables are restored", remedied by the agent holding them until the restore
+  has ended (streams/processor/restore_buffer.py).
 
 Each withheld record is said on stderr (``defect: withheld ...``), so a test can tell that the defect was
 provoked. Run as ``python -m tests.faults.faulty_worker worker --roles processor ...`` (the CLI's own
@@ -16,6 +21,7 @@ arguments)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -74,6 +80,48 @@ class UnfetchedConsumer(lean_consumer.LeanConsumer):
         await super().seek(partition, offset)
 
 
+class RestoringInbox:
+    """The agent's inbox, except that the first record put in it starts a restore of ``seconds`` (faust's
+    ``app.in_recovery`` set, as its Recovery sets it), during which every record keeps flowing in."""
+
+    def __init__(self, inner: Any, app: Any, seconds: float) -> None:
+        self.inner, self.app, self.seconds = inner, app, seconds
+        self.started = False
+
+    def full(self) -> bool:
+        return self.inner.full()
+
+    async def room(self) -> None:
+        await self.inner.room()
+
+    def put(self, message: Any) -> None:
+        if not self.started:
+            self.started = True
+            self.app.in_recovery = True
+            say(f"restore begun for {self.seconds:.0f} s at {message.topic}[{message.partition}]@{message.offset}, "
+                f"the flow active")
+            asyncio.ensure_future(self.end())
+        self.inner.put(message)
+
+    async def end(self) -> None:
+        await asyncio.sleep(self.seconds)  # the injected restore's length
+        self.app.in_recovery = False
+        say("the restore ended")
+
+
+def prolong_restore(seconds: float) -> None:
+    """Records reach the agent while faust's ``app.in_recovery`` is set, for ``seconds`` from the first one."""
+    install = lean_consumer.install
+
+    def install_restoring(app: Any, inboxes: Mapping[str, Any] | None = None) -> None:
+        wrapped: dict[Any, RestoringInbox] = {}
+        for inbox in (inboxes or {}).values():
+            wrapped.setdefault(id(inbox), RestoringInbox(inbox, app, seconds))
+        install(app, {t: wrapped[id(i)] for t, i in (inboxes or {}).items()})
+
+    lean_consumer.install = install_restoring
+
+
 def provoke(defect: str) -> None:
     kind, _, args = defect.partition(":")
     if kind == "undelivered":
@@ -90,6 +138,8 @@ def provoke(defect: str) -> None:
     elif kind == "unfetched":
         UnfetchedConsumer.blind = int(args)
         lean_consumer.LeanConsumer = UnfetchedConsumer  # what install() subclasses
+    elif kind == "restoring":
+        prolong_restore(float(args))
     else:
         raise SystemExit(f"unknown ENXTEST_DEFECT {defect!r}")
 
