@@ -434,7 +434,8 @@ async def _replay(run: _Run, before: dict[tuple[str, int], int], processors: int
         except Exception as exc:  # noqa: BLE001 - the rebuild is done; the next one deletes them anyway
             run.echo(f"warning: could not delete {run.alerts_topic} and group {run.sink_group} ({exc!r}); the next "
                      f"rebuild does")
-        run.echo(f"rebuilt from {total(inputs)} webhook events (and findings); start the workers: the processor "
+        run.echo(f"rebuilt from {total(inputs)} records of the event log and the findings (webhooks, and ingest's "
+                 f"watermarks while it ran); start the workers: the processor "
                  f"carries on from the rebuild's offsets, the sink from where the rebuild's sink stopped")
         return 0
     finally:
