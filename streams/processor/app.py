@@ -33,7 +33,8 @@
 - Two guards against faust-streaming 0.15.3 losing webhook records around a rebalance (both found by the
   worker-kill fault test, both logged when they act): the agent checks that it receives every offset of
   the log and reads a missing run back itself (gaps.py); the watch puts a partition that delivers nothing
-  while records wait back on the consumer (``check_progress``).
+  while records wait back on the consumer (``check_progress``). A third, for the tables' restore: a changelog
+  partition the restore stopped reading is sought again (restore_watch.py).
 
 Guarantees: at-least-once with idempotent effects. Offsets are committed after the snapshot, alert and
 then changelog records of what was processed are acknowledged, in that order (output.py); a worker killed
@@ -82,6 +83,7 @@ from streams.processor.output import Output
 from streams.processor.reach import BrokerProbe
 from streams.processor.rejects import REASON, RejectLimit, TooManyRejects
 from streams.processor.restore_buffer import RestoreBuffer
+from streams.processor.restore_watch import RestoreWatch
 from streams.processor.watch import DueIndex, PartitionClock, Resend, next_due, partition_of, sweep
 
 log = logging.getLogger("streams.processor")
@@ -630,6 +632,13 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
             if resend.due(name, op):
                 await commands.send(key=name.encode(), value=json.dumps({"op": op, "now": now}).encode())
         metrics.sweep_seconds.observe(time.monotonic() - started)
+
+    restore_watch = RestoreWatch(app, lambda: consumer_state(app))
+
+    @app.on_partitions_assigned.connect
+    async def watch_restores(_app: faust.App, *_args: Any, **_kwargs: Any) -> None:
+        """A table restore that stopped reading a changelog partition is put back on it (restore_watch.py)."""
+        restore_watch.start(SWEEP_INTERVAL_S)
 
     metrics.watch_sessions(index)
     app.conf.enx_parts = {"tables": tables, "clocks": clocks, "index": index}  # for tests and the worker
