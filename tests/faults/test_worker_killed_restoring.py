@@ -24,6 +24,9 @@ from tests.polling import poll
 RESTORING = "Restoring state from changelog topics"  # faust's Recovery, once the changelogs are sought
 RESTORED = "Done reading from changelog topics"  # faust's Recovery, once every active changelog is read
 REMAINING = re.compile(r"total remaining=(\d+)")  # faust's Recovery every 5 s while it restores
+# the tables faust's Recovery logs before it restores: each changelog partition's highwater, and where it starts
+HIGHWATERS, STARTS = "Highwater for active changelog partitions", "active offsets at start of reading"
+ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*(-?\d+)\s*\|$")
 
 
 def restore_state(text: str) -> str:
@@ -33,6 +36,27 @@ def restore_state(text: str) -> str:
     if begun < 0:
         return "none"
     return "restored" if RESTORED in text[begun:] else "restoring"
+
+
+def logged_offsets(text: str, title: str) -> dict[tuple[str, int], int]:
+    """The last table titled ``title`` in faust's log ``text``: (changelog topic, partition) -> offset."""
+    out: dict[tuple[str, int], int] = {}
+    topic = ""
+    for line in text[text.rfind(title):].splitlines()[1:]:
+        if not line.startswith(("|", "+")):
+            break
+        if m := ROW.match(line.strip()):
+            topic = topic if m[1] == "\u3003" else m[1]  # faust writes a ditto mark for a repeated topic
+            out[(topic, int(m[2]))] = int(m[3])
+    return out
+
+
+def to_restore(text: str) -> int:
+    """The changelog records the last restore begun in ``text`` had to read (faust's highwater is the last
+    offset, the start the last offset already restored, -1 for none)."""
+    begun = text[:text.rfind(RESTORING)]
+    starts = logged_offsets(begun, STARTS)
+    return sum(max(0, hw - starts.get(tp, -1)) for tp, hw in logged_offsets(begun, HIGHWATERS).items())
 
 
 def test_survivor_killed_while_restoring(bootstrap: str, tmp_path: Path) -> None:
@@ -62,6 +86,8 @@ def test_survivor_killed_while_restoring(bootstrap: str, tmp_path: Path) -> None
             "the survivor's restore was done before its kill landed: it tested no kill during a restore\n"
             f"{text[-3000:]}")
         remaining = [int(n) for n in REMAINING.findall(text[text.rfind(RESTORING):])]
+        records = to_restore(text)
+        assert records > 0, f"the survivor's restore had nothing to read: it tested no kill during a restore\n{text[-3000:]}"
         pipeline.start("p2", "processor")  # a fresh worker: every table from the changelogs alone
         now_ms = int(time.time() * 1000)
         figures = assert_replayed(pipeline.settings, log_events, now_ms, pipeline.all_logs())
@@ -69,6 +95,6 @@ def test_survivor_killed_while_restoring(bootstrap: str, tmp_path: Path) -> None
                       duration_s=round(time.monotonic() - started, 1), lost=0, duplicated_after_final=0,
                       alerts=figures["alerts"], alert_rows_before_final=figures["alert_rows_before_final"],
                       uncommitted_at_first_kill=left, restore_begun_after_s=round(restoring_after_s, 1),
-                      restore_remaining_logged=remaining[-1] if remaining else None,
+                      changelog_records_to_restore=records, restore_remaining_logged=remaining[-1] if remaining else None,
                       detail="one of two processor workers SIGKILLed under load, then the survivor SIGKILLed "
                              "while restoring its tables; a fresh worker finishes")
