@@ -86,6 +86,11 @@ def test_a_partition_assigned_but_never_fetched_is_sought_again(bootstrap: str, 
         assert workers.stop() == [0], workers.logs()
 
 
+def latest_states(got: list, keys: set[bytes]) -> dict[bytes, dict]:
+    """The last snapshot of each of ``keys`` among the sessions topic's records ``got``."""
+    return {r.key: codec.decode(r.value) for r in got if r.key in keys and r.value is not None}
+
+
 def test_a_changelog_partition_the_restore_stopped_reading_is_sought_again(bootstrap: str, tmp_path: Path) -> None:
     settings = fresh_settings(bootstrap, tmp_path)
     sessions = confs_on(f"rst-{uuid.uuid4().hex[:6]}-", 0, 40)
@@ -99,7 +104,7 @@ def test_a_changelog_partition_the_restore_stopped_reading_is_sought_again(boots
     try:
         def recorded(got: list) -> bool:
             workers.check_alive()
-            latest = {r.key: codec.decode(r.value) for r in got if r.key in keys and r.value is not None}
+            latest = latest_states(got, keys)
             return len(latest) == len(keys) and all(s["recording_files"] == 1 for s in latest.values())
 
         assert recorded(read(settings, "sessions", recorded, 90)), f"the sessions were not recorded\n{workers.logs()}"
@@ -116,15 +121,15 @@ def test_a_changelog_partition_the_restore_stopped_reading_is_sought_again(boots
     try:
         def composited(got: list) -> bool:
             restorer.check_alive()
-            latest = {r.key: codec.decode(r.value) for r in got if r.key in keys and r.value is not None}
+            latest = latest_states(got, keys)
             return len(latest) == len(keys) and all(s["transcoded_files"] == 1 for s in latest.values())
 
         got = read(settings, "sessions", composited, 90)
         log = (tmp_path / "restorer" / "worker-0.log").read_text()
-        assert "(never restored)" in log, f"the defect was not provoked\n{restorer.logs()}"
+        # offsets 20..39 of both changelogs' partition 0, each once
+        assert log.count("(never restored)") == 40, f"the defect was not provoked as planned\n{restorer.logs()}"
         assert composited(got), f"the composites were not processed\n{restorer.logs()}"
-        latest = {r.key: codec.decode(r.value) for r in got if r.key in keys and r.value is not None}
-        wrong = sorted(k for k, s in latest.items()
+        wrong = sorted(k for k, s in latest_states(got, keys).items()
                        if (s["recording_files"], s["ended_at"] is None, s["sla_state"]) != (1, False, "met"))
         assert not wrong, f"{len(wrong)} sessions judged on parts not restored: {wrong[:5]}\n{restorer.logs()}"
         assert "restoring the tables: nothing read from" in log and "restored again" in log, restorer.logs()
