@@ -1,8 +1,8 @@
 """The processor's faust app, wired from its parts, one concern each (as Arroyo splits its processing
 strategies): state.py (the tables), agent.py (the agent's loop), handlers.py (one record of each topic),
 effects.py (what a judged transition publishes and writes), dead_lettering.py (an event whose judgement
-failed), rebalance.py (what a rebalance changes), sweeper.py (the SLA watch's timer), output.py (how its
-records reach Kafka).
+failed), rebalance.py (what a rebalance changes), sweeper.py (the SLA watch's timer), restore_watch.py (a
+table restore that stopped reading), output.py (how its records reach Kafka).
 
 - Tables (rules.TABLES), each keyed ``{app_id}/{conf_num}`` and backed by its changelog topic
   (``<app id>-<table>-changelog``, the webhook log's partition count): ``session_end`` (the ``roomdrop``
@@ -37,7 +37,8 @@ records reach Kafka).
 - Two guards against faust-streaming 0.15.3 losing webhook records around a rebalance (both found by the
   worker-kill fault test, both logged when they act): the agent checks that it receives every offset of
   the log and reads a missing run back itself (gaps.py); the watch puts a partition that delivers nothing
-  while records wait back on the consumer (``check_progress``).
+  while records wait back on the consumer (``check_progress``). A third, for the tables' restore: a changelog
+  partition the restore stopped reading is sought again (restore_watch.py).
 
 Guarantees: at-least-once with idempotent effects. Offsets are committed after the snapshot, alert and
 then changelog records of what was processed are acknowledged, in that order (output.py); a worker killed
@@ -81,8 +82,9 @@ from streams.processor.names import app_id, changelog_topic, command_topic, inte
 from streams.processor.output import Output
 from streams.processor.reach import BrokerProbe
 from streams.processor.rebalance import Rebalances
+from streams.processor.restore_watch import RestoreWatch
 from streams.processor.state import SessionTables
-from streams.processor.sweeper import SWEEP_INTERVAL_S, SlaWatchLoop
+from streams.processor.sweeper import SWEEP_INTERVAL_S, SlaWatchLoop, consumer_state
 from streams.processor.watch import DueIndex, PartitionClock, Resend
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -187,6 +189,13 @@ def create_app(settings: Settings, clock: Callable[[], float] | None = None,
                          send=commands.send, log_topic=log_topic, partitions=settings.partitions, sla_s=sla_s,
                          retention_s=retention_s, heard=heard)
     app.timer(interval=SWEEP_INTERVAL_S, name="watch")(watch.tick)
+
+    restore_watch = RestoreWatch(app, lambda: consumer_state(app))
+
+    @app.on_partitions_assigned.connect
+    async def watch_restores(_app: faust.App, *_args: object, **_kwargs: object) -> None:
+        """A table restore that stopped reading a changelog partition is put back on it (restore_watch.py)."""
+        restore_watch.start(SWEEP_INTERVAL_S)
 
     metrics.watch_sessions(index)
     app.conf.enx_parts = {"tables": tables.tables, "clocks": clocks, "index": index}  # for tests and the worker

@@ -14,6 +14,9 @@ that once found it. ``ENXTEST_DEFECT`` says which:
   stays active, so that record and those fetched meanwhile reach the agent during a restore: faust's
   "records delivered while the tables are restored", remedied by the agent holding them until the restore
   has ended (streams/processor/restore_buffer.py).
+- ``unrestored:<partition>:<offset>``: while the tables are restored, no record of that partition of the
+  changelogs from ``offset`` on reaches the restore until the partition is sought again: faust's "a table
+  restore that stopped halfway", remedied by streams/processor/restore_watch.py.
 
 Each withheld record is said on stderr (``defect: withheld ...``), so a test can tell that the defect was
 provoked. Run as ``python -m tests.faults.faulty_worker worker --roles processor ...`` (the CLI's own
@@ -58,19 +61,33 @@ class UndeliveredInbox:
         self.inner.put(message)
 
 
-class UnfetchedConsumer(lean_consumer.LeanConsumer):
-    """The lean consumer, blind to one partition of the log until it is sought again after withholding."""
+class WithholdingConsumer(lean_consumer.LeanConsumer):
+    """The lean consumer, dropping the fetched records ``withholds`` picks (each said on stderr): they never
+    reach the drain loop, and aiokafka's position has moved past them."""
 
-    blind: int = -1
     withheld = 0
+    what = "withheld"  # how the stderr line names the defect
+
+    def withholds(self, tp: Any, offset: int) -> bool:
+        return False
 
     async def getmany(self, timeout: float) -> AsyncIterator[Any]:
         async for tp, message in super().getmany(timeout):
-            if tp.topic.endswith(LOG_SUFFIX) and tp.partition == type(self).blind:
+            if self.withholds(tp, message.offset):
                 type(self).withheld += 1
-                say(f"withheld {tp.topic}[{tp.partition}]@{message.offset} (never fetched)")
+                say(f"withheld {tp.topic}[{tp.partition}]@{message.offset} ({self.what})")
                 continue
             yield tp, message
+
+
+class UnfetchedConsumer(WithholdingConsumer):
+    """The lean consumer, blind to one partition of the log until it is sought again after withholding."""
+
+    blind: int = -1
+    what = "never fetched"
+
+    def withholds(self, tp: Any, offset: int) -> bool:
+        return tp.topic.endswith(LOG_SUFFIX) and tp.partition == type(self).blind
 
     async def seek(self, partition: Any, offset: int) -> None:
         cls = type(self)
@@ -122,6 +139,29 @@ def prolong_restore(seconds: float) -> None:
     lean_consumer.install = install_restoring
 
 
+class UnrestoredConsumer(WithholdingConsumer):
+    """The lean consumer, dropping one partition's changelog records from an offset on while the tables are
+    restored, until that changelog partition is sought again (Recovery's own seek at its start does not count:
+    faust seeks with ``seek_wait``, the remedy with ``seek``)."""
+
+    partition: int = -1
+    from_offset: int = 0  # (not ``start``: the consumer is a mode Service, whose start() that would hide)
+    cured: set[Any] = set()
+    what = "never restored"
+
+    def withholds(self, tp: Any, offset: int) -> bool:
+        cls = type(self)
+        return (tp.topic.endswith("-changelog") and tp.partition == cls.partition and offset >= cls.from_offset
+                and tp not in cls.cured and self.app.in_recovery)
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        cls = type(self)
+        if partition.topic.endswith("-changelog") and partition.partition == cls.partition and cls.withheld:
+            say(f"sought {partition.topic}[{partition.partition}] to {offset}: restored again")
+            cls.cured.add(partition)
+        await super().seek(partition, offset)
+
+
 def provoke(defect: str) -> None:
     kind, _, args = defect.partition(":")
     if kind == "undelivered":
@@ -140,6 +180,12 @@ def provoke(defect: str) -> None:
         lean_consumer.LeanConsumer = UnfetchedConsumer  # what install() subclasses
     elif kind == "restoring":
         prolong_restore(float(args))
+
+
+    elif kind == "unrestored":
+        partition, start = (int(a) for a in args.split(":"))
+        UnrestoredConsumer.partition, UnrestoredConsumer.from_offset = partition, start
+        lean_consumer.LeanConsumer = UnrestoredConsumer
     else:
         raise SystemExit(f"unknown ENXTEST_DEFECT {defect!r}")
 
