@@ -35,6 +35,8 @@ from streams.sink.metrics import SinkMetrics
 
 log = logging.getLogger("streams.worker")
 LAG_INTERVAL_S = 5.0
+SAMPLE_TIMEOUT_S = 10.0  # a sample the broker has not answered within this is a failure (clients made anew)
+RETRY_S = 1.0  # after a failed sample, the next one (a worker's first often fails: its groups are being made)
 
 TopicPartitionKey = tuple[str, int]
 
@@ -130,19 +132,22 @@ class LagSampler(Collector):
         admin = consumer = None
         while not self._stop.is_set():
             try:
-                if admin is None:
-                    admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="enx-streams-metrics")
-                    await admin.start()
-                    consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                                client_id="enx-streams-metrics")
-                    await consumer.start()
-                await self.sample(admin, consumer)
+                async with asyncio.timeout(SAMPLE_TIMEOUT_S):  # a coordinator not found yet retries for ever
+                    if admin is None or consumer is None:
+                        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="enx-streams-metrics")
+                        await admin.start()
+                        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                                    client_id="enx-streams-metrics")
+                        await consumer.start()
+                    await self.sample(admin, consumer)
+                wait_s = self.interval_s
             except Exception as exc:  # noqa: BLE001 - the broker may be away: the last sample stays, aged
                 self.failures += 1
                 log.debug("consumer lag not sampled: %r", exc)
                 admin, consumer = await _close(admin, consumer)
+                wait_s = min(RETRY_S, self.interval_s)
             try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+                await asyncio.wait_for(self._stop.wait(), wait_s)
             except asyncio.TimeoutError:
                 pass
         await _close(admin, consumer)

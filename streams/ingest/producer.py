@@ -203,6 +203,9 @@ class DurableProducer:
         while self.spool.pending_bytes() > 0:
             frames = await asyncio.to_thread(self.spool.pending, REPLAY_BATCH)
             if not frames:
+                if await asyncio.to_thread(self.spool.repair):  # a corrupt frame at the marker: moved aside
+                    self.metrics.spool_depth.set(self.spool.pending_bytes())
+                    continue
                 break
             done, failure = await self._send_run(frames)
             if done:

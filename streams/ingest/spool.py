@@ -318,6 +318,37 @@ class Spool:
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
 
+    def repair(self) -> bool:
+        """While running: the frame at the marker fails its check although no append is under way (appends
+        hold the lock and never leave a torn frame: a bad disk block, or a change from outside), so the replay
+        would stop there for good. Its bytes up to the next intact frame, or to the end of the file, go to
+        ``quarantine/`` as at start (every frame here got its 202: none is cut without a copy), the frames
+        after them are kept. False when the frame at the marker reads well or nothing is pending."""
+        with self._lock:
+            start, size = self._acked, self.size()
+            if start >= size:
+                return False
+            with open(self.path, "rb") as f:
+                if read_frames(f, start, 1)[0]:
+                    return False
+                resume = self._resume_after(f, start, size)
+            end = size if resume is None else resume
+            log.error("spool %s: bytes %d..%d are corrupt (a bad block?) while ingest runs; moved to quarantine/, "
+                      "the %d bytes after them kept", self.path, start, end, size - end)
+            self._cut_out(start, end)
+            self._frames = self._count_frames()
+            return True
+
+    def _count_frames(self) -> int:
+        n, at, size = 0, self._acked, self.size()
+        with open(self.path, "rb") as f:
+            while at < size:
+                frames, at = read_frames(f, at, 10_000)
+                if not frames:
+                    break
+                n += len(frames)
+        return n
+
     def acked(self) -> int:
         """Bytes of the file already in Kafka (the durable marker's value, kept in memory: the producer asks
         for it on every request, and reading the marker each time was 5% of ingest's time)."""

@@ -101,32 +101,45 @@ class Output:
 
     async def flush(self) -> None:
         """The published records sent, then everything sent so far acknowledged, then the held changes sent
-        and acknowledged; one at a time."""
+        and acknowledged; one at a time.
+
+        Should it stop half-way (cancelled, e.g. by a worker stopping, or a failed wait), what it had not yet
+        queued waits for the next flush, newer values winning; what it had queued is on its way and is not
+        sent again: an alert queued twice would page twice (a failure of it shows at a later flush)."""
         async with self._one_at_a_time:
             # what is published or held from now on waits for the next flush
             published, latest, held = self._published, self._latest, self._held
             self._published, self._latest, self._held = [], {}, {}
+            queued: set[int] = set()  # indexes of the records of step (1), then (2), handed to the producer
+            changes: list[Record] = []
             try:
                 self.check()
-                await self._send_all([*published, *self._rendered(latest)])
+                await self._send_all([*published, *self._rendered(latest)], queued)
                 await self._flush()  # (1) the alerts and snapshots of the held changes are in Kafka
                 self._confirm()
                 self.check()
                 published, latest = [], {}
-                last = await self._send_all([(topic, partition, key, value)
-                                             for (topic, partition, key), value in held.items()])  # (2)
+                queued = set()
+                changes = [(topic, partition, key, value) for (topic, partition, key), value in held.items()]
+                taken, held = held, {}
+                last = await self._send_all(changes, queued)  # (2)
+                changes = []
                 await self._flush()  # (3)
                 self._confirm()
                 self.check()
             except BaseException:
-                # not sent, or not known to be: the next flush sends them (again), newer values win
-                self._published = [*published, *self._published]
-                self._latest = {**latest, **self._latest}
+                # not queued: the next flush sends them, newer values win
+                keys = list(latest)
+                self._published = [*(r for i, r in enumerate(published) if i not in queued), *self._published]
+                self._latest = {**{k: latest[k] for i, k in enumerate(keys, len(published)) if i not in queued},
+                                **self._latest}
+                held.update(((topic, partition, key), value)
+                            for i, (topic, partition, key, value) in enumerate(changes) if i not in queued)
                 self._held = {**held, **self._held}
                 raise
-            if self.durable is not None and held:
+            if self.durable is not None and taken:
                 # (4) the held changes are in the changelog: the local store may have them now (state.py)
-                self.durable(held, last_offsets(last))
+                self.durable(taken, last_offsets(last))
 
     def check(self) -> None:
         """Raise if a record is known to have failed: called by every flush and before every send."""
@@ -150,29 +163,32 @@ class Output:
                 self.check()
         return out
 
-    async def _send_all(self, records: list[Record]) -> dict[tuple[str, int], tuple[asyncio.Future[Any], int]]:
-        """Append ``records`` to record batches of their topic and partition and queue each batch; the last
-        batch of each (topic, partition) with how many records it holds."""
+    async def _send_all(self, records: list[Record], queued: set[int],
+                        ) -> dict[tuple[str, int], tuple[asyncio.Future[Any], int]]:
+        """Append ``records`` to record batches of their topic and partition and queue each batch; ``queued``
+        gets the index of every record whose batch the producer has taken (it then delivers it or fails it),
+        also when this stops half-way. Returns the last batch of each (topic, partition) with how many records
+        it holds."""
         producer = self._producer()
-        batches: dict[tuple[str, int], Any] = {}
-        counts: dict[tuple[str, int], int] = {}
-        for topic, partition, key, value in records:
-            batch = batches.get((topic, partition))
-            if batch is None:
-                batch = batches[(topic, partition)] = producer.create_batch()
-                counts[(topic, partition)] = 0
+        batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        for i, (topic, partition, key, value) in enumerate(records):
+            entry = batches.get((topic, partition))
+            if entry is None:
+                entry = batches[(topic, partition)] = (producer.create_batch(), [])
+            batch, members = entry
             if batch.append(timestamp=None, key=key, value=value) is None:  # full: queue it, start another
                 self._unconfirmed.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = batches[(topic, partition)] = producer.create_batch()
+                queued.update(members)
+                batch, members = batches[(topic, partition)] = producer.create_batch(), []
                 batch.append(timestamp=None, key=key, value=value)  # an empty batch takes any record
-                counts[(topic, partition)] = 0
-            counts[(topic, partition)] += 1
+            members.append(i)
         last = {}
-        for (topic, partition), batch in batches.items():
+        for (topic, partition), (batch, members) in batches.items():
             batch.close()  # complete: the sender takes it at once instead of lingering for more records
             sent = await producer.send_batch(batch, topic, partition=partition)
             self._unconfirmed.append(sent)
-            last[(topic, partition)] = (sent, counts[(topic, partition)])
+            queued.update(members)
+            last[(topic, partition)] = (sent, len(members))
         return last
 
     def _fail(self, exc: BaseException, what: str = "a processor record could not be written to Kafka") -> None:

@@ -1,6 +1,6 @@
 """Events that reach the agent while its tables are being restored wait until the restore has ended (and
 faust's rebalance with it: until the stream partitions are sought back to the committed offsets, faust has
-forgotten those offsets for the partitions it keeps, app.py ``settling``).
+forgotten those offsets for the partitions it keeps, rebalance.py ``settling``).
 
 faust resumes the flow during a restore so that the changelogs can be read, and records fetched just before
 the stream partitions were paused can then reach the agent's queue (the first ones from the committed

@@ -1,4 +1,9 @@
-"""The processor's session parts on disk: faust's RocksDB store (rocksdict), with a write-back cache in front.
+"""The processor's session state: one faust table per stage of a session (rules.TABLES), each keyed
+``{app_id}/{conf_num}`` and backed by its changelog topic (``<app id>-<table>-changelog``, the webhook log's
+partition count), on disk in faust's RocksDB store (rocksdict) with a write-back cache in front. A session's
+state is the combination of its parts (rules.combine). A change is not sent by the table:
+:meth:`SessionTables.write` holds it in the cache and returns its changelog records, which the caller holds
+for output.py (sent after the event's snapshot and alerts, the order at-least-once needs).
 
 Where the state lives
     Every table (rules.TABLES) is a faust table on ``store="rocksdb://"`` with the ``rocksdict`` driver: one
@@ -49,13 +54,17 @@ import heapq
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+import faust
 import orjson
 
 from streams import internals
+from streams.config import Settings
+from streams.processor import rules
+from streams.processor.watch import partition_of
 
 log = logging.getLogger("streams.processor")
 
@@ -134,6 +143,7 @@ def encoded(value: Any) -> bytes:
 
 
 Parts = dict[str, dict | None]
+ChangelogRecord = tuple[str, int, bytes, bytes | None]  # changelog topic, partition, key, value (None: deleted)
 _MISSING = object()
 
 
@@ -284,6 +294,59 @@ class PartStore:
             parts = self.parts(name, partition, key)
         yield name, parts
 
+
+
+class SessionTables:
+    """The stage tables of ``app`` (created here, before the app starts, on the RocksDB store), read and
+    written through :class:`PartStore` (``store``)."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.partitions = settings.partitions
+        self.tables: dict[str, Any] = {name: app.Table(name, default=None, partitions=settings.partitions,
+                                                       options=dict(ROCKSDB_OPTIONS), help=f"session parts: {name}")
+                                       for name in rules.TABLES}
+        if any((t.key_serializer, t.value_serializer) != ("json", "json") for t in self.tables.values()):
+            raise RuntimeError("the processor's tables must have JSON changelogs: write() encodes them with orjson")
+        self.changelogs = {name: table.changelog_topic.get_topic_name() for name, table in self.tables.items()}
+        self.store = PartStore(self.tables, self.changelogs)
+
+    def parts_of(self, name: str, partition: int | None = None) -> Parts:
+        """The session's part in every table (None where it has none); ``partition``: the session's (the
+        log's partitioner, when not given)."""
+        return self.store.parts(name, partition_of(name, self.partitions) if partition is None else partition)
+
+    def write(self, name: str, partition: int, change: rules.Transition) -> list[ChangelogRecord]:
+        """``change``'s parts into the cache; returns their changelog records, on the event's ``partition`` (as
+        faust's table write does), encoded as the tables' json serializer does (orjson, for these plain dicts
+        the same bytes), without its registry. RocksDB takes them once output.py has them acknowledged."""
+        out: list[ChangelogRecord] = []
+        store = self.store
+        key = None
+        for t, part in change.writes.items():
+            if key is None:
+                key = encoded(name)
+            value = None if part is None else encoded(part)
+            store.write(t, partition, key, part, value)
+            out.append((self.changelogs[t], partition, key, value))
+        store.note(name)
+        return out
+
+    def index_cleared(self) -> None:
+        """The SLA watch's index was cleared (a rebalance): the sessions written from now on are indexed by the
+        agent, and the rebuild's scan skips them (PartStore.scan)."""
+        self.store.touched = set()
+
+    def drop_not_owned(self, active: Iterable[Any]) -> None:
+        """Delete, on this worker's disk only (never in the changelog), the state of the partitions whose
+        changelog is not among ``active`` (faust's active recovery partitions: topic and partition); the
+        module doc says why a kept one could bring deleted sessions back. Such a partition has no database
+        open here, so should it come back, faust restores it from the changelog's start: deleting it loses
+        nothing. Synchronous, so the active set cannot change underneath."""
+        active = list(active)
+        owned = {t: {tp.partition for tp in active if tp.topic == topic} for t, topic in self.changelogs.items()}
+        deleted = self.store.drop_unowned(owned)
+        if deleted:
+            log.info("deleted the local state of %d table partitions this worker no longer owns", len(deleted))
 
 
 def _items(table: str, db: Any, offset_key: bytes) -> Iterator[tuple[bytes, str, bytes]]:

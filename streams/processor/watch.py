@@ -1,6 +1,6 @@
 """The SLA watch: which sessions of this worker's partitions are due a stall or an expiry, at what "now".
 
-The watch runs on every worker (a faust timer, app.py) and only *decides*: a timer may not write tables
+The watch runs on every worker (a faust timer, sweeper.py) and only *decides*: a timer may not write tables
 and sees only its own worker's active partitions. Each decision goes as a command, keyed by the session,
 to the processor's command topic (same partition count, same keys as the webhook log), which the agent
 that owns the session's table partition consumes event by event, re-judges and applies (rules.on_command).

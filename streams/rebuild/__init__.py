@@ -241,7 +241,7 @@ async def _observe(run: _Run, completion: Completion, shadow_db: str, started_ms
     processed = await kafka.committed(admin, run.processor_group)
     sunk = await kafka.committed(admin, run.sink_group)
     ends = await kafka.end_offsets(run.bootstrap, [*completion.outputs_topics, completion.commands_topic])
-    overdue = 0
+    overdue = None
     if completion.stage is Stage.JUDGING:
         overdue = await run.call(shadow.overdue, run.client, shadow_db, started_ms)
     return Observation(processed=processed, sunk=sunk, ends=ends, overdue=overdue)
@@ -300,7 +300,8 @@ async def _follow(run: _Run, completion: Completion, shadow_db: str, started_ms:
                 if still((completion.stage, seen.processed, seen.sunk, seen.overdue), time.monotonic()):
                     bar.console.print(
                         f"warning: no progress for {STILL_S:.0f} s ({completion.stage.value}; {done} of {of} events "
-                        f"replayed, {wrote} of {of_written} records written, {seen.overdue} stalls due): a worker "
+                        f"replayed, {wrote} of {of_written} records written"
+                        f"{'' if seen.overdue is None else f', {seen.overdue} stalls due'}): a worker "
                         f"may be stuck; see {run.logs}/rebuild-*.log. The rebuild waits up to {timeout_s:.0f} s "
                         f"in all; Ctrl-C stops it and `enx-streams rebuild` starts it over.")
                 if time.monotonic() > deadline:
@@ -433,7 +434,8 @@ async def _replay(run: _Run, before: dict[tuple[str, int], int], processors: int
         except Exception as exc:  # noqa: BLE001 - the rebuild is done; the next one deletes them anyway
             run.echo(f"warning: could not delete {run.alerts_topic} and group {run.sink_group} ({exc!r}); the next "
                      f"rebuild does")
-        run.echo(f"rebuilt from {total(inputs)} webhook events (and findings); start the workers: the processor "
+        run.echo(f"rebuilt from {total(inputs)} records of the event log and the findings (webhooks, and ingest's "
+                 f"watermarks while it ran); start the workers: the processor "
                  f"carries on from the rebuild's offsets, the sink from where the rebuild's sink stopped")
         return 0
     finally:

@@ -81,12 +81,13 @@ class Stage(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class Observation:
     """One look at the rebuild from outside: the groups' committed offsets, the topics' ends, and how many
-    sessions of the shadow still wait for a stall that was due when the rebuild started."""
+    sessions of the shadow still wait for a stall that was due when the rebuild started (``None``: not
+    counted in this look, which is only done while the rebuild judges)."""
 
     processed: Positions
     sunk: Positions
     ends: Positions
-    overdue: int
+    overdue: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,9 @@ class Completion:
                 return self
             return dataclasses.replace(self, stage=Stage.JUDGING, outputs=outputs_now)
         if self.stage is Stage.JUDGING:
-            if reached(seen.sunk, self.outputs) < total(self.outputs) or seen.overdue:
+            # the stalls counted in this very look: one that ended the replay counted none, and with the sink
+            # caught up at once it would otherwise pass as "none due" before the watch had swept once
+            if reached(seen.sunk, self.outputs) < total(self.outputs) or seen.overdue is None or seen.overdue:
                 return self
             return dataclasses.replace(self, stage=Stage.SETTLING,
                                        commands=of_topics(seen.ends, [self.commands_topic]))

@@ -37,6 +37,7 @@ from streams.status import DEFAULT_TIMEOUT_S
 from streams.status import facts as F
 
 T = TypeVar("T")
+NEWEST_TAIL = 500  # log records read back per partition for its newest webhook (watermarks: one a second)
 NEWEST_SQL = (
     "SELECT (SELECT toUnixTimestamp64Milli(max(received_at)) FROM enablex.webhook_events) AS event_ms, "
     "(SELECT toUnixTimestamp64Milli(max(detected_at)) FROM enablex.sla_alerts) AS alert_ms, "
@@ -127,11 +128,15 @@ class _KafkaRead:
         return dataclasses.replace(group, oldest_waiting_ms=min(times) if times else None)
 
     async def _newest(self, consumer: Any, starts: dict, ends: dict) -> F.Newest:
+        """The newest webhook of the log (of the last ``NEWEST_TAIL`` records of each partition: a running
+        ingest writes a watermark on every partition each second, which is no event) and the newest alert."""
         log, alerts = self.settings.topic("webhooks"), self.settings.topic("alerts")
-        wanted = {tp: end - 1 for tp, end in ends.items() if tp.topic in (log, alerts) and end > starts[tp]}
-        records = await _records_at(consumer, wanted) if wanted else {}
-        events = [t for tp, r in records.items() if tp.topic == log and (t := _event_time(r)) is not None]
-        alerts_seen = [a for tp, r in records.items() if tp.topic == alerts and (a := _alert_of(r)) is not None]
+        tails = {tp: max(starts[tp], end - NEWEST_TAIL) for tp, end in ends.items() if tp.topic == log
+                 and end > starts[tp]}
+        last = {tp: end - 1 for tp, end in ends.items() if tp.topic == alerts and end > starts[tp]}
+        records = await _records_at(consumer, last) if last else {}
+        alerts_seen = [a for r in records.values() if (a := _alert_of(r)) is not None]
+        events = [t for r in await _records_from(consumer, tails, ends) if (t := _webhook_time(r)) is not None]
         newest_alert = max(alerts_seen, default=None)
         return F.Newest(event_ms=max(events, default=None), alert_ms=newest_alert[0] if newest_alert else None,
                         alert=newest_alert[1] if newest_alert else None)
@@ -149,6 +154,35 @@ async def _records_at(consumer: Any, wanted: dict[Any, int], wait_s: float = 2.0
             if records and tp not in got:
                 got[tp] = records[0]
     return got
+
+
+async def _records_from(consumer: Any, starts: dict[Any, int], ends: dict[Any, int],
+                        wait_s: float = 2.0) -> list[Any]:
+    """The records from each start to its partition's end, as far as they come within ``wait_s``."""
+    if not starts:
+        return []
+    consumer.assign(list(starts))
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    out: list[Any] = []
+    left = set(starts)
+    deadline = time.monotonic() + wait_s
+    while left and time.monotonic() < deadline:
+        for tp, records in (await consumer.getmany(*left, timeout_ms=200)).items():
+            out += [r for r in records if r.offset < ends[tp]]
+            if records and records[-1].offset >= ends[tp] - 1:
+                left.discard(tp)
+    return out
+
+
+def _webhook_time(record: Any) -> int | None:
+    """When ingest received the webhook of a log record; None for ingest's watermarks (streams/watermark.py)."""
+    from streams import watermark
+
+    value = _decoded(record)
+    if value is not None and watermark.is_mark(value):
+        return None
+    return int(value["received_at"]) if value and "received_at" in value else record.timestamp
 
 
 def _decoded(record: Any) -> dict | None:

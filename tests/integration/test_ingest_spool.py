@@ -188,3 +188,32 @@ def test_sigkill_after_spooled_202s_delivers_after_restart(own_broker: LocalKafk
     finally:
         if ingest.proc and ingest.proc.poll() is None:
             ingest.proc.kill()
+
+
+def test_a_spool_frame_corrupted_while_kafka_is_away_is_moved_aside_and_the_rest_delivered(
+        own_broker: LocalKafka, tmp_path: Path) -> None:
+    """A bad block under a running ingest's spool: the replay moves the frame aside (quarantine/) and delivers
+    every other spooled record, without a restart (until 2026-12-04 it stood at the frame until one)."""
+    ingest = Ingest(tmp_path, own_broker.bootstrap)
+    ingest.start()
+    try:
+        own_broker.stop()
+        ids = [post(ingest.url, body(i, "c"))[1]["event_id"] for i in range(N)]  # all 202 from the spool
+        spool = tmp_path / "ingest" / "spool" / "spool.log"
+        data = spool.read_bytes()
+        victim = data.index(b"/c/7.mkv")  # inside the eighth record's frame
+        with open(spool, "r+b") as f:
+            f.seek(victim)
+            f.write(b"X")
+        own_broker.start()
+        found = event_ids_in_log(own_broker.bootstrap, f"{ingest.prefix}webhooks.v1", N - 1)
+        assert sorted(found) == sorted(ids[:7] + ids[8:]), f"log has {len(found)} of the {N - 1} intact"
+        poll("the spool drained", lambda: json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{ingest.port}/readyz", timeout=5).read())["ready_by"] == "kafka", 30, ingest.log)
+        (moved,) = (tmp_path / "ingest" / "spool" / "quarantine").iterdir()
+        assert b"1764000007" in moved.read_bytes() and b"http://fXc/7.mkv" in moved.read_bytes()  # whole
+        assert "corrupt (a bad block?) while ingest runs" in ingest.log.read_text()
+        assert ingest.stop() == 0
+    finally:
+        if ingest.proc and ingest.proc.poll() is None:
+            ingest.proc.kill()

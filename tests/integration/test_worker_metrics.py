@@ -149,7 +149,7 @@ def test_the_worker_exports_what_it_did(bootstrap: str, tmp_path: Path) -> None:
         asyncio.run(_send(bootstrap, command_topic(settings), b"\xff\xfe", command))
 
         poll("the rejected command counted", lambda: by(scrape(url), "enx_processor_rejected_total", "topic"), 60, log)
-        # acked once a later record is handled (processor/app.py): without one its commit would stay behind it
+        # acked once a later record is handled (processor/agent.py): without one its commit would stay behind it
         produce(settings, [event("roomdrop", "after-the-command", now, now)])
 
         def rejected() -> Samples | None:

@@ -275,3 +275,66 @@ def test_a_dead_letter_goes_at_once() -> None:
         assert kafka.calls == [("send", DEADLETTERS, None, b"letter", None)]
 
     asyncio.run(scenario())
+
+
+def test_a_flush_cancelled_after_queueing_its_alerts_never_sends_them_again() -> None:
+    """A worker stopping cancels faust's commit in the middle of its flush, and its last commit flushes again:
+    what the cancelled flush had handed to the producer is on its way, and an alert sent twice pages twice."""
+    async def scenario() -> None:
+        out, kafka = output()
+        out.publish(ALERTS, 0, b"a/1", b"stalled")
+        out.publish_latest(SESSIONS, 0, b"a/1", b"snapshot")
+        out.hold(CHANGELOG, 0, b"a/1", b"part")
+        gate, flushing = await flush_held_at_the_gate(out, kafka)  # (1) queued, waiting for its acknowledgement
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        out.publish(ALERTS, 0, b"a/2", b"stalled")  # raised meanwhile
+        await out.flush()
+        assert kafka.sent() == [(ALERTS, b"a/1", b"stalled", 0), (SESSIONS, b"a/1", b"snapshot", 0),
+                                (ALERTS, b"a/2", b"stalled", 0),  # each alert once
+                                (CHANGELOG, b"a/1", b"part", 0)]  # the change only once (1) was acknowledged
+        assert kafka.calls.index(("send", CHANGELOG, b"a/1", b"part", 0)) > kafka.calls.index(("flushed",))
+
+        out.hold(CHANGELOG, 0, b"a/3", b"part")
+        out.publish(ALERTS, 0, b"a/3", b"stalled")
+        kafka.gate = None
+        first = asyncio.create_task(out.flush())
+        while ("send", CHANGELOG, b"a/3", b"part", 0) not in kafka.calls:
+            await asyncio.sleep(0)  # (2) queued the change
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await out.flush()
+        assert [s for s in kafka.sent() if s[1] == b"a/3"] == [(ALERTS, b"a/3", b"stalled", 0),
+                                                              (CHANGELOG, b"a/3", b"part", 0)]
+
+    asyncio.run(scenario())
+
+
+def test_a_flush_cancelled_half_way_through_its_batches_sends_the_rest_next_time() -> None:
+    async def scenario() -> None:
+        out, kafka = output(batch_size=2)
+        for i in range(5):
+            out.publish(ALERTS, 0, f"a/{i}".encode(), b"stalled")
+        real = kafka.send_batch
+        calls = {"n": 0}
+
+        async def slow_second(batch: Batch, topic: str, *, partition: int) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                await asyncio.Event().wait()  # the accumulator full: cancelled while waiting for room
+            return await real(batch, topic, partition=partition)
+
+        kafka.send_batch = slow_second  # type: ignore[method-assign]
+        flushing = asyncio.create_task(out.flush())
+        while calls["n"] < 2:
+            await asyncio.sleep(0)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        kafka.send_batch = real  # type: ignore[method-assign]
+        await out.flush()
+        assert sorted(kafka.sent()) == [(ALERTS, f"a/{i}".encode(), b"stalled", 0) for i in range(5)]  # once each
+
+    asyncio.run(scenario())

@@ -61,7 +61,7 @@ def completion() -> Completion:
                       outputs_topics=(SESSIONS, REBUILT), commands_topic=COMMANDS)
 
 
-def seen(processed: dict, sunk: dict, ends: dict, overdue: int = 0) -> Observation:
+def seen(processed: dict, sunk: dict, ends: dict, overdue: int | None = 0) -> Observation:
     return Observation(processed=processed, sunk=sunk, ends=ends, overdue=overdue)
 
 
@@ -94,6 +94,20 @@ def test_stages_that_hold_at_once_are_passed_at_once() -> None:
     everything = {(LOG, 0): 100, (FINDINGS, 0): 2, (DEAD, 0): 3, (ALERTS, 0): 4, (SESSIONS, 0): 9, (REBUILT, 0): 1,
                   (COMMANDS, 0): 0}
     assert completion().advance(seen(everything, everything, {(SESSIONS, 0): 9, (REBUILT, 0): 1})).done
+
+
+def test_stalls_not_counted_in_the_look_that_ended_the_replay_keep_it_judging() -> None:
+    """Found by the rebuild test under live traffic: the replay of a short log ended within one look, in which
+    the sink had caught up too; the stalls were not counted in it (only a judging look counts them), and the
+    rebuild passed the judgement before the watch had swept once. The live processor then raised every stall
+    again after the swap, each already on the alerts topic."""
+    everything = {(LOG, 0): 100, (FINDINGS, 0): 2, (DEAD, 0): 3, (ALERTS, 0): 4, (SESSIONS, 0): 9, (REBUILT, 0): 1,
+                  (COMMANDS, 0): 0}
+    c = completion().advance(seen(everything, everything, {(SESSIONS, 0): 9, (REBUILT, 0): 1}, overdue=None))
+    assert c.stage is Stage.JUDGING
+    assert c.advance(seen(everything, everything, {(SESSIONS, 0): 9, (REBUILT, 0): 1}, overdue=2)).stage \
+        is Stage.JUDGING
+    assert c.advance(seen(everything, everything, {(SESSIONS, 0): 9, (REBUILT, 0): 1}, overdue=0)).done
 
 
 def test_an_empty_log_is_complete_once_the_sink_has_the_sources() -> None:

@@ -262,3 +262,41 @@ def test_a_corrupt_length_keeps_the_frames_after_it(tmp_path: Path) -> None:
     reopened = Spool(tmp_path)
     assert [f.value for f in reopened.pending()] == [values[0], *values[2:]]
     reopened.close()
+
+
+def test_a_frame_corrupted_while_ingest_runs_is_moved_aside_and_the_replay_goes_on(tmp_path: Path) -> None:
+    """Found by reading: the replay read forward from the marker, stopped at the first frame that failed its
+    check, and only a restart's repair moved it aside; meanwhile every later frame waited in the spool."""
+    spool = Spool(tmp_path)
+    values = fill(spool, 5)
+    frames = spool.pending()
+    spool.ack(frames[0].end)
+    assert not spool.repair()  # the frame at the marker reads well: nothing to repair
+    with open(tmp_path / "spool.log", "r+b") as f:  # a bad block under the running spool
+        f.seek(frames[1].end - 10)
+        byte = f.read(1)
+        f.seek(frames[1].end - 10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert spool.pending() == []  # the replay stands at the corrupt frame
+    assert spool.repair()
+    (moved,) = (tmp_path / "quarantine").iterdir()
+    assert len(moved.read_bytes()) == frames[1].end - frames[0].end  # kept whole
+    assert spool.pending_frames() == 3
+    spool.append("t", b"k", b"after")
+    assert drain(spool, 500) == [*values[2:], b"after"]
+    spool.close()
+
+
+def test_a_corrupt_last_frame_while_running_is_quarantined_not_cut(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    values = fill(spool, 2)
+    frames = spool.pending()
+    spool.ack(frames[0].end)
+    with open(tmp_path / "spool.log", "r+b") as f:
+        f.seek(frames[1].end - 3)
+        f.write(b"\x00\x00\x00")
+    assert spool.repair()
+    (moved,) = (tmp_path / "quarantine").iterdir()
+    assert len(moved.read_bytes()) == frames[1].end - frames[0].end  # it had its 202: a copy, never cut
+    assert spool.pending_bytes() == 0 and spool.pending_frames() == 0 and values
+    spool.close()
