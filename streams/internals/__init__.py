@@ -13,6 +13,23 @@ written against (:data:`PINNED`), and ``tests/unit/test_internals.py`` fails, na
 when one is missing or its defining source changed. An upgrade is then a decision (re-read each use
 named in the failure, then update its fingerprint), not a surprise.
 
+Where faust's public API does the job at the speed the processor needs, it is used instead, and what each
+private use would cost through the public path was measured (bench/README.md, "What limits each figure"):
+
+- the drain loop: faust's own hand-over (``Service.wait_first`` per record, the conductor, the stream's
+  queue and iterator) is the ceiling of an agent that does nothing (``faust_bare_eps`` against
+  ``faust_lean_bare_eps`` in bench/results/latest.json, about a tenth);
+- the output: ``Topic.send`` and ``Table.__setitem__`` cost about 70 µs of the event loop per record
+  (FutureMessage, the producer buffer's task, callbacks) against a microsecond or two appended to a batch,
+  and send the changelog record ahead of the snapshot, which breaks at-least-once's order (output.py);
+- the tables' stores: ``table[key]`` decodes, and a write encodes and sends, per call, and finds the
+  partition from the current event, which the agent does not have (it takes records from its inbox);
+- the committed offsets and the acks of read-back records: faust keeps them privately and has no accessor;
+  asking the broker (``AIOKafkaConsumer.committed``) is a round trip per partition and may disagree with
+  what faust's consumer will commit;
+- the restore watch (restore_watch.py), the rebalance bookkeeping and the SLA watch use public members only
+  (``app.tables.recovery``, ``app.consumer``, ``app.rebalancing``, ``app.in_recovery``, the app's signals).
+
 The drain loop is :mod:`streams.internals.lean_consumer` (it imports faust; this module does not).
 """
 
